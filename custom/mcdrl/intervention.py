@@ -1,0 +1,97 @@
+"""Stage 2: the causal intervention (CDRL), a backdoor adjustment over the confounder dictionary.
+
+[paper] P(Y | do(F)) = sum_z P(Y | F, z) P(z) is approximated as H(E_z[A(F, z)]), where A is cross-attention
+with query F (the selected region features) and key = value Z (the M confounder embeddings). [ours] P(z) is
+uniform, so the expectation is the attention-weighted mean that softmax already computes.
+
+[ours] Each layer is a pre-norm block with residuals:
+    x <- x + MHA(LN(x), LN(Z), LN(Z));  x <- x + FFN(LN(x))
+The residual keeps the image content; pure attention output would replace it with a mixture of text vectors.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = ["CausalIntervention", "InterventionBlock"]
+
+
+class InterventionBlock(nn.Module):
+    """One cross-attention layer from region features to the confounder dictionary.
+
+    Args:
+        dim: d, the joint-space dimension. heads: attention heads (d must divide). mlp_ratio: FFN width / d.
+        dropout: dropout on the attention and FFN outputs.
+
+    Shapes:
+        x (B, N, d), z (M, d) -> (B, N, d).
+    """
+
+    def __init__(self, dim: int, heads: int = 8, mlp_ratio: float = 4.0, dropout: float = 0.0):
+        super().__init__()
+        if dim % heads:
+            raise ValueError(f"intervention dim {dim} is not divisible by heads {heads}")
+        self.heads = heads
+        self.norm_q = nn.LayerNorm(dim)
+        self.norm_kv = nn.LayerNorm(dim)
+        self.q_proj = nn.Linear(dim, dim)
+        self.k_proj = nn.Linear(dim, dim)
+        self.v_proj = nn.Linear(dim, dim)
+        self.out_proj = nn.Linear(dim, dim)
+        self.norm_ffn = nn.LayerNorm(dim)
+        hidden = int(dim * mlp_ratio)
+        self.ffn = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim))
+        self.drop = nn.Dropout(dropout)
+
+    def _qkv(self, x: torch.Tensor, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        b, n, d = x.shape
+        h = self.heads
+        zn = self.norm_kv(z)
+        q = self.q_proj(self.norm_q(x)).view(b, n, h, d // h).transpose(1, 2)  # (B, h, N, d/h)
+        k = self.k_proj(zn).view(1, -1, h, d // h).transpose(1, 2).expand(b, -1, -1, -1)  # (B, h, M, d/h)
+        v = self.v_proj(zn).view(1, -1, h, d // h).transpose(1, 2).expand(b, -1, -1, -1)
+        return q, k, v
+
+    def attention_weights(self, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """Softmax attention over the confounders, (B, heads, N, M); each row sums to 1."""
+        q, k, _ = self._qkv(x, z)
+        return torch.softmax(q @ k.transpose(-1, -2) * q.shape[-1] ** -0.5, dim=-1)
+
+    def forward(self, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        b, n, d = x.shape
+        q, k, v = self._qkv(x, z)
+        a = F.scaled_dot_product_attention(q, k, v)  # fused; == attention_weights(x, z) @ v
+        x = x + self.drop(self.out_proj(a.transpose(1, 2).reshape(b, n, d)))
+        return x + self.drop(self.ffn(self.norm_ffn(x)))
+
+
+class CausalIntervention(nn.Module):
+    """A stack of :class:`InterventionBlock` layers (depth 3 by default [paper]).
+
+    Args:
+        dim: d. depth: number of layers (1, 3 or 5 in the paper's ablation). heads, mlp_ratio, dropout: per layer.
+
+    Shapes:
+        forward: F (B, N, d), Z (M, d) -> F_ca (B, N, d).
+        confounder_weights: F (B, N, d), Z (M, d) -> (B, M), the last layer's attention averaged over heads and
+        regions: which confounders the model attends to for each image.
+    """
+
+    def __init__(self, dim: int, depth: int = 3, heads: int = 8, mlp_ratio: float = 4.0, dropout: float = 0.0):
+        super().__init__()
+        if depth < 1:
+            raise ValueError(f"intervention depth must be >= 1, got {depth}")
+        self.layers = nn.ModuleList([InterventionBlock(dim, heads, mlp_ratio, dropout) for _ in range(depth)])
+
+    def forward(self, f: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        for layer in self.layers:
+            f = layer(f, z)
+        return f
+
+    @torch.jit.unused
+    def confounder_weights(self, f: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        for layer in self.layers[:-1]:
+            f = layer(f, z)
+        return self.layers[-1].attention_weights(f, z).mean(dim=(1, 2))

@@ -1,0 +1,152 @@
+"""Transforms shared by training, evaluation, inference and the clinical folder runner.
+
+Each is a small MONAI ``Transform`` with a dictionary twin, so that it drops into ``Compose``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Hashable, Mapping, Sequence
+
+import numpy as np
+import torch
+from monai.config import KeysCollection
+from monai.transforms import MapTransform, Transform
+from monai.transforms import SaveImaged as _SaveImaged
+
+from .prompts import LESION_CLASSES, NO_LESION
+
+__all__ = ["LabelToBinary", "LabelToBinaryd", "LesionClassToIndexd", "SaveImaged", "ToModelInput", "ToModelInputd"]
+
+logger = logging.getLogger(__name__)
+
+
+class ToModelInput(Transform):
+    """Channel-first image of any common kind -> float32 RGB (3, *spatial) in [0, 1], the network's input.
+
+    * channels: 3 kept; 1 (grey) replicated to 3; 4 (RGBA) alpha dropped; 2 (grey + alpha) grey replicated;
+      anything else is an error naming the count.
+    * intensity: values that are whole numbers in [0, 255] (8-bit photos, loaded as uint8 or float) are divided by
+      255; values already in [0, 1] are kept; anything else (16-bit PNG, CT, MR) is min-max scaled between its
+      0.5 and 99.5 percentiles. NaN and inf become 0 (and are counted in a warning).
+    """
+
+    def __call__(self, img):
+        meta = getattr(img, "meta", None)
+        arr = img if isinstance(img, torch.Tensor) else torch.as_tensor(np.asarray(img))
+        src_dtype = getattr(img, "dtype", arr.dtype)
+        c = arr.shape[0]
+        if c == 4:
+            arr = arr[:3]
+        elif c == 2:
+            arr = arr[:1]
+        elif c not in (1, 3):
+            raise ValueError(f"expected 1, 3 or 4 channels (grey, RGB, RGBA), got {c} (shape {tuple(arr.shape)})")
+        if arr.shape[0] == 1:
+            arr = arr.expand(3, *arr.shape[1:])
+        x = arr.float()
+        finite = torch.isfinite(x)
+        bad = int((~finite).sum())
+        if bad == x.numel():
+            raise ValueError("image has no finite values")
+        if bad:
+            logger.warning("%d non-finite values set to 0", bad)
+            x = torch.where(finite, x, torch.zeros_like(x))
+        lo, hi = float(x.min()), float(x.max())
+        if lo >= 0 and hi <= 255 and (src_dtype in (torch.uint8, np.uint8) or bool((x == x.round()).all())) and hi > 1:
+            x = x / 255.0
+        elif not (lo >= 0 and hi <= 1):
+            vals = x[finite]
+            if vals.numel() > 1_000_000:
+                vals = vals[torch.randperm(vals.numel(), generator=torch.Generator().manual_seed(0))[:1_000_000]]
+            q = torch.quantile(vals, torch.tensor([0.005, 0.995]))
+            x = torch.where(finite, (x - q[0]) / (q[1] - q[0]).clamp_min(1e-6), torch.zeros_like(x))
+        x = x.clamp(0, 1).contiguous()
+        if meta is not None:
+            from monai.data import MetaTensor
+
+            return MetaTensor(x, meta=meta, affine=getattr(img, "affine", None))
+        return x
+
+
+class ToModelInputd(MapTransform):
+    """Dictionary twin of :class:`ToModelInput`; the error names the file."""
+
+    def __init__(self, keys: KeysCollection, allow_missing_keys: bool = False):
+        super().__init__(keys, allow_missing_keys)
+        self.t = ToModelInput()
+
+    def __call__(self, data: Mapping[Hashable, object]) -> dict:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            try:
+                d[key] = self.t(d[key])
+            except ValueError as e:
+                name = getattr(d[key], "meta", {}).get("filename_or_obj", key)
+                raise ValueError(f"{name}: {e}") from e
+        return d
+
+
+class LabelToBinary(Transform):
+    """Any mask (0/1, 0/255, multi-channel PNG) -> (1, *spatial) float {0, 1}: lesion where the first channel > 0."""
+
+    def __call__(self, lab):
+        return (lab[:1] > 0).to(torch.float32) if isinstance(lab, torch.Tensor) else (np.asarray(lab)[:1] > 0).astype(np.float32)
+
+
+class LabelToBinaryd(MapTransform):
+    """Dictionary twin of :class:`LabelToBinary`."""
+
+    def __init__(self, keys: KeysCollection, allow_missing_keys: bool = False):
+        super().__init__(keys, allow_missing_keys)
+        self.t = LabelToBinary()
+
+    def __call__(self, data):
+        d = dict(data)
+        for key in self.key_iterator(d):
+            d[key] = self.t(d[key])
+        return d
+
+
+class LesionClassToIndexd(MapTransform):
+    """Map a lesion-class name to its index in ``classes``; -1 for "none" (no lesion) or a missing field.
+
+    A missing field (e.g. MONAI Label's datalists, which carry only image and label) is not guessed: the image then
+    contributes to L_seg only, not to the class-dependent L_causal and L_contrast. An unknown name is an error.
+
+    Args:
+        keys: the class field, usually ``"lesion_class"``. classes: the class list of the network.
+    """
+
+    def __init__(self, keys: KeysCollection = "lesion_class", classes: Sequence[str] = LESION_CLASSES):
+        super().__init__(keys, allow_missing_keys=True)
+        self.classes = list(classes)
+        self._warned = False
+
+    def __call__(self, data):
+        d = dict(data)
+        for key in self.keys:
+            name = d.get(key)
+            if name is None and not self._warned:
+                logger.warning("datalist entries without %r: those images train with L_seg only", key)
+                self._warned = True
+            if name is None or name == NO_LESION:
+                d[key] = torch.tensor(-1)
+            elif name in self.classes:
+                d[key] = torch.tensor(self.classes.index(name))
+            else:
+                raise ValueError(f"{d.get('image', '?')}: unknown lesion_class {name!r}; known: {self.classes + [NO_LESION]}")
+        return d
+
+
+class SaveImaged(_SaveImaged):
+    """MONAI's ``SaveImaged`` that writes 2-D PNG/JPEG in the natural (row, column) order.
+
+    The bundle reads PNG/JPEG with ``PILReader(reverse_indexing=False)``, so arrays are (rows, columns) like
+    numpy and PIL, which CLIP was trained on; MONAI's PNG writer would otherwise transpose them back. Same name as
+    MONAI's class, so that MONAI Label strips it from ``postprocessing`` like the original.
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.set_options(write_kwargs={"reverse_indexing": False})

@@ -1,0 +1,36 @@
+"""Synthetic multi-site endoscopy world for MCDRL (domain-generalised lesion segmentation).
+
+Procedural 224x224 RGB endoscopy frames (mucosa, vessels, folds, lumen, FOV mask) with at most
+one lesion of the classes of :data:`mcdrl.prompts.LESION_CLASSES` (pixel mask = rendered footprint,
+placed uniformly over the field of view), any subset of the 12 confounders of
+:data:`mcdrl.prompts.CONFOUNDERS` rendered as image effects, and per-site device traits.
+
+Public API::
+
+    render_case(seed, lesion_class, confounders, device=None, size=224, *, site=None) -> Case
+    Case(image (H,W,3) uint8, mask (H,W) uint8 {0,1}, lesion_class, confounders, caption, site, seed, device)
+    DeviceTraits(name, colour_cast, fov_shape, fov_radius, border, overlay_text, text_colour,
+                 noise_sigma, sharpness, gamma)
+    SITES: dict[str, SiteSpec]   ("A".."F")      GENERIC_MIXTURE: SiteSpec
+    sample_case(spec, seed, size=224) -> Case    draw_case_params(spec, seed) -> (class, confounders, device)
+    generate_dataset(out_dir, sites, n_per_site, seed=0, formats=("png",), split=(0.8, 0.2)) -> Path
+    write_dicom_rgb(path, image=None, *, frames=None, series_uid=None, study_uid=None, ...) -> Path
+    make_site_figure(path, ...) -> Path
+    CLI: python -m mcdrl.synthetic --out DIR --sites A B C --n 20 --seed 0 [--formats png dicom nifti] [--figure PATH]
+
+Determinism: same arguments -> identical bytes (every stage has its own seeded random stream).
+Speed: ~11 ms per clean 224 px frame, ~15 ms with a typical confounder mix, on one CPU core
+(numpy + PIL only; measured by ``tests/test_synthetic.py::test_speed_report``).
+"""
+
+from .device import DeviceTraits
+from .export import generate_dataset, write_dicom_rgb, write_nifti, write_png
+from .figure import make_site_figure
+from .render import Case, make_caption, render_case
+from .sites import GENERIC_MIXTURE, SITES, SiteSpec, derive_seed, draw_case_params, sample_case
+
+__all__ = [
+    "Case", "DeviceTraits", "GENERIC_MIXTURE", "SITES", "SiteSpec", "derive_seed", "draw_case_params",
+    "generate_dataset", "make_caption", "make_site_figure", "render_case", "sample_case", "write_dicom_rgb",
+    "write_nifti", "write_png",
+]

@@ -1,0 +1,195 @@
+"""Named synthetic acquisition sites: distinct mixtures of confounders, device traits and lesions.
+
+Every site has at least one *signature*: a confounder (probability >= 0.4) that every other site
+has with probability <= 0.15, and/or a device trait no other site uses. A domain-generalised
+model trained on some sites must not rely on them to recognise lesions on a held-out site.
+
+====  ========================  ===============================================================
+site  title                     signature (rare or absent at every other site)
+====  ========================  ===============================================================
+A     Metro NBI centre          narrow-band imaging (0.55); neutral circle scope
+B     Rural mobile unit         motion blur (0.55) + dark lighting (0.45); cropped-circle FOV,
+                                soft optics, noisy sensor
+C     Legacy video centre       imaging artifacts (0.55); strong magenta colour cast, burned-in
+                                overlay text, grey border (only site with text/cast)
+D     GI-bleeding referral      blood (0.55); rounded-octagon FOV (only octagon site)
+E     Magnification lab         a near view (0.6) + bright lighting (0.45); full-frame rounded
+                                rectangle FOV, cool cast, strong edge enhancement
+F     Capsule clinic            mucus (0.55) + uneven lighting (0.5) + a far view (0.5); yellow
+                                cast, bezel-ring border
+====  ========================  ===============================================================
+
+:data:`GENERIC_MIXTURE` is not a site: every confounder at a moderate rate with a random neutral
+device per case, for pre-training a CLIP on the confounder vocabulary.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..prompts import CONFOUNDERS, LESION_CLASSES, NO_LESION
+from ._ops import rng_for
+from .confounders import EXCLUSIVE
+from .device import DeviceTraits, random_device
+from .render import Case, render_case
+
+
+@dataclass(frozen=True, eq=False)
+class SiteSpec:
+    """A site (or mixture) from which cases are sampled.
+
+    Attributes:
+        name: short id, e.g. ``"A"`` (stored in :attr:`Case.site` and datalists).
+        title: descriptive name, e.g. ``"Metro NBI centre"``.
+        confounder_probs: independent per-frame probability of each confounder (missing = 0).
+            Mutually exclusive pairs drawn together are resolved at random, weighted by probability.
+        lesion_freqs: relative frequency of each lesion class and of ``"none"`` (normalised).
+        device: the site's scope (jittered slightly per case); None = a random neutral device per case.
+        signature: human-readable description of the traits that are rare/absent elsewhere.
+        signature_confounders: confounders that are this site's signature.
+        signature_device: device-trait names (fields of :class:`DeviceTraits`) unique to this site.
+    """
+
+    name: str
+    title: str
+    confounder_probs: Mapping[str, float]
+    lesion_freqs: Mapping[str, float]
+    device: DeviceTraits | None = None
+    signature: str = ""
+    signature_confounders: tuple[str, ...] = ()
+    signature_device: tuple[str, ...] = field(default=())
+
+    def __post_init__(self) -> None:
+        for c, p in self.confounder_probs.items():
+            if c not in CONFOUNDERS:
+                raise ValueError(f"site {self.name}: unknown confounder {c!r}; known: {CONFOUNDERS}")
+            if not 0.0 <= p <= 1.0:
+                raise ValueError(f"site {self.name}: probability of {c!r} must be in [0, 1], got {p}")
+        known = LESION_CLASSES + [NO_LESION]
+        for c in self.lesion_freqs:
+            if c not in known:
+                raise ValueError(f"site {self.name}: unknown lesion class {c!r}; known: {known}")
+        if sum(self.lesion_freqs.values()) <= 0:
+            raise ValueError(f"site {self.name}: lesion_freqs must have a positive sum")
+
+
+def derive_seed(seed: int, *keys: int | str) -> int:
+    """A 31-bit seed derived deterministically from ``seed`` and keys (e.g. site name, index)."""
+    return int(rng_for(seed, "derive", *keys).integers(0, 2**31 - 1))
+
+
+def draw_case_params(spec: SiteSpec, seed: int) -> tuple[str, list[str], DeviceTraits]:
+    """The random *labels* of a case of ``spec`` (cheap; no rendering).
+
+    Returns:
+        ``(lesion_class, confounders, device)`` exactly as :func:`sample_case` renders them.
+    """
+    rng = rng_for(seed, "site-draw")
+    classes = [c for c in LESION_CLASSES + [NO_LESION] if c in spec.lesion_freqs]
+    p = np.array([spec.lesion_freqs[c] for c in classes], float)
+    lesion_class = classes[int(rng.choice(len(classes), p=p / p.sum()))]
+    u = rng.random(len(CONFOUNDERS))
+    present = {c for c, x in zip(CONFOUNDERS, u) if x < spec.confounder_probs.get(c, 0.0)}
+    for a, b in EXCLUSIVE:
+        if a in present and b in present:
+            pa, pb = spec.confounder_probs[a], spec.confounder_probs[b]
+            present.discard(b if rng.random() < pa / (pa + pb) else a)
+    device = spec.device.jittered(rng) if spec.device is not None else random_device(rng)
+    return lesion_class, [c for c in CONFOUNDERS if c in present], device
+
+
+def sample_case(spec: SiteSpec, seed: int, size: int = 224) -> Case:
+    """Sample and render one case of site ``spec`` (deterministic given ``seed``).
+
+    The render seed is derived from ``(seed, spec.name)`` so two sites never share a scene;
+    it is stored in :attr:`Case.seed`.
+
+    Returns:
+        :class:`Case` with (size, size, 3) uint8 ``image`` and (size, size) uint8 ``mask``.
+    """
+    case_seed = derive_seed(seed, spec.name)
+    lesion_class, confs, device = draw_case_params(spec, case_seed)
+    return render_case(case_seed, lesion_class, confs, device, size, site=spec.name)
+
+
+def _probs(**kw: float) -> dict[str, float]:
+    names = {c.replace(" ", "_").replace("-", "_"): c for c in CONFOUNDERS}
+    return {names[k]: v for k, v in kw.items()}
+
+
+def _lesions(polyp, tumor, inflammation, nodule, cyst, none) -> dict[str, float]:
+    return {"polyp": polyp, "tumor": tumor, "inflammation": inflammation, "nodule": nodule, "cyst": cyst,
+            NO_LESION: none}
+
+
+SITES: dict[str, SiteSpec] = {s.name: s for s in [
+    SiteSpec(
+        "A", "Metro NBI centre",
+        _probs(motion_blur=0.05, imaging_artifacts=0.02, bright_lighting=0.08, dark_lighting=0.05,
+               uneven_lighting=0.10, narrow_band_imaging=0.55, white_light_imaging=0.30, a_near_view=0.15,
+               a_far_view=0.10, mucus=0.10, blood=0.05, specular_reflection=0.25),
+        _lesions(0.40, 0.10, 0.10, 0.10, 0.10, 0.20),
+        DeviceTraits("A: HD scope", (1.0, 1.0, 1.0), "circle", 0.47, "black", False, noise_sigma=0.006,
+                     sharpness=0.3),
+        "only NBI-heavy centre (NBI 0.55; <= 0.10 elsewhere)", ("narrow-band imaging",), ()),
+    SiteSpec(
+        "B", "Rural mobile unit",
+        _probs(motion_blur=0.55, imaging_artifacts=0.05, bright_lighting=0.05, dark_lighting=0.45,
+               uneven_lighting=0.10, narrow_band_imaging=0.0, white_light_imaging=0.10, a_near_view=0.05,
+               a_far_view=0.15, mucus=0.15, blood=0.05, specular_reflection=0.20),
+        _lesions(0.15, 0.10, 0.35, 0.10, 0.10, 0.20),
+        DeviceTraits("B: portable scope", (1.04, 1.0, 0.95), "cropped_circle", 0.47, "black", False,
+                     noise_sigma=0.018, sharpness=-0.5),
+        "heavy motion blur (0.55) and dark lighting (0.45); cropped-circle FOV, soft optics, noisy sensor",
+        ("motion blur", "dark lighting"), ("fov_shape", "noise_sigma")),
+    SiteSpec(
+        "C", "Legacy video centre",
+        _probs(motion_blur=0.10, imaging_artifacts=0.55, bright_lighting=0.10, dark_lighting=0.15,
+               uneven_lighting=0.10, narrow_band_imaging=0.02, white_light_imaging=0.05, a_near_view=0.10,
+               a_far_view=0.15, mucus=0.10, blood=0.08, specular_reflection=0.20),
+        _lesions(0.15, 0.35, 0.10, 0.10, 0.10, 0.20),
+        DeviceTraits("C: legacy CCD", (1.15, 0.88, 1.10), "circle", 0.43, "gray", True, (120, 255, 120),
+                     noise_sigma=0.012, sharpness=0.0, gamma=1.08),
+        "imaging artifacts (0.55; <= 0.08 elsewhere); strong magenta colour cast, burned-in overlay text, "
+        "grey border", ("imaging artifacts",), ("colour_cast", "overlay_text", "border")),
+    SiteSpec(
+        "D", "GI-bleeding referral",
+        _probs(motion_blur=0.10, imaging_artifacts=0.05, bright_lighting=0.05, dark_lighting=0.10,
+               uneven_lighting=0.10, narrow_band_imaging=0.05, white_light_imaging=0.15, a_near_view=0.10,
+               a_far_view=0.15, mucus=0.10, blood=0.55, specular_reflection=0.40),
+        _lesions(0.15, 0.25, 0.25, 0.05, 0.10, 0.20),
+        DeviceTraits("D: therapeutic scope", (1.0, 0.98, 0.98), "octagon", 0.47, "black", False, noise_sigma=0.008),
+        "blood (0.55; <= 0.08 elsewhere); rounded-octagon FOV", ("blood",), ("fov_shape",)),
+    SiteSpec(
+        "E", "Magnification lab",
+        _probs(motion_blur=0.05, imaging_artifacts=0.02, bright_lighting=0.45, dark_lighting=0.02,
+               uneven_lighting=0.05, narrow_band_imaging=0.10, white_light_imaging=0.35, a_near_view=0.60,
+               a_far_view=0.02, mucus=0.05, blood=0.05, specular_reflection=0.45),
+        _lesions(0.30, 0.05, 0.05, 0.30, 0.10, 0.20),
+        DeviceTraits("E: zoom scope", (0.95, 1.0, 1.07), "rect", 0.47, "black", False, noise_sigma=0.005,
+                     sharpness=0.7),
+        "near views (0.6) and bright lighting (0.45); full-frame rounded-rectangle FOV, cool cast, strong "
+        "edge enhancement", ("a near view", "bright lighting"), ("fov_shape", "sharpness")),
+    SiteSpec(
+        "F", "Capsule clinic",
+        _probs(motion_blur=0.10, imaging_artifacts=0.08, bright_lighting=0.05, dark_lighting=0.10,
+               uneven_lighting=0.50, narrow_band_imaging=0.0, white_light_imaging=0.05, a_near_view=0.02,
+               a_far_view=0.50, mucus=0.55, blood=0.08, specular_reflection=0.25),
+        _lesions(0.15, 0.05, 0.20, 0.10, 0.30, 0.20),
+        DeviceTraits("F: capsule camera", (1.04, 1.01, 0.92), "circle", 0.46, "bezel", False, noise_sigma=0.010,
+                     sharpness=-0.2),
+        "mucus (0.55), uneven lighting (0.5) and far views (0.5); yellow cast, bezel-ring border",
+        ("mucus", "uneven lighting", "a far view"), ("border",)),
+]}
+
+#: Not a site: all confounders at moderate rates, random neutral device per case (CLIP pre-training).
+GENERIC_MIXTURE = SiteSpec(
+    "generic", "Generic mixture",
+    _probs(motion_blur=0.2, imaging_artifacts=0.2, bright_lighting=0.15, dark_lighting=0.15, uneven_lighting=0.2,
+           narrow_band_imaging=0.25, white_light_imaging=0.25, a_near_view=0.2, a_far_view=0.2, mucus=0.2,
+           blood=0.2, specular_reflection=0.25),
+    _lesions(0.16, 0.16, 0.16, 0.16, 0.16, 0.20),
+    None, "none: every confounder at a moderate rate, random neutral device per case")

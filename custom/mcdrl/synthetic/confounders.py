@@ -43,9 +43,9 @@ def mucus(scene: Scene, rng: np.random.Generator) -> None:
         start = tuple(float(v) for v in rng.uniform(0.15, 0.85, 2) * size)
         pts = random_walk(rng, start, int(rng.integers(15, 40)), 3.0 * z, 0.12)
         wd = max(3, int(rng.uniform(6, 14) * z))
-        draw.line(pts, fill=int(255 * rng.uniform(0.5, 0.75)), width=wd, joint="curve")
-        draw.line(pts, fill=255, width=max(1, wd // 3), joint="curve")  # glossy thicker core
-    streak = blur_l(streak_im, 2.0 * z)
+        draw.line(pts, fill=int(255 * rng.uniform(0.35, 0.6)), width=wd, joint="curve")
+        draw.line(pts, fill=int(255 * rng.uniform(0.6, 0.8)), width=max(1, wd // 3), joint="curve")  # thicker core
+    streak = blur_l(streak_im, 2.6 * z)
     ring_im, fill_im, spec_im = (Image.new("L", (size, size), 0) for _ in range(3))
     dr, df, ds = ImageDraw.Draw(ring_im), ImageDraw.Draw(fill_im), ImageDraw.Draw(spec_im)
     for _ in range(int(rng.integers(1, 4))):
@@ -58,8 +58,8 @@ def mucus(scene: Scene, rng: np.random.Generator) -> None:
             dr.ellipse(box, outline=230, width=max(1, int(r / 4)))
             ds.ellipse((x - 0.55 * r, y - 0.55 * r, x - 0.25 * r, y - 0.25 * r), fill=255)
     ring, fill, spec = blur_l(ring_im, 0.5), blur_l(fill_im, 0), blur_l(spec_im, 0.6)
-    col = rgb(0.97, 0.96, 0.90) * (0.6 + 0.5 * scene.shade)
-    a = np.clip(0.8 * streak + fill, 0, 0.85)
+    col = rgb(0.96, 0.95, 0.86) * (0.6 + 0.5 * scene.shade)
+    a = np.clip(0.75 * streak + fill, 0, 0.75)
     out = scene.rgb * (1 - a) + col * a
     b = np.clip(0.8 * ring + spec, 0, 1)
     scene.rgb = out * (1 - b) + b * (0.6 + 0.5 * scene.shade)

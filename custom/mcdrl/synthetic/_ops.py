@@ -122,11 +122,12 @@ def blur_map(m: np.ndarray, radius: float) -> np.ndarray:
 
 
 def blur_rgb(img: np.ndarray, radius: float) -> np.ndarray:
-    """Gaussian blur of a float (3, H, W) image (8-bit round trip through PIL)."""
+    """Blur of a float (3, H, W) image (8-bit round trip through PIL; box blur below radius 1.5)."""
     if radius <= 0:
         return img
     im = Image.fromarray(np.ascontiguousarray(to_u8(img).transpose(1, 2, 0)), "RGB")
-    out = np.asarray(im.filter(ImageFilter.GaussianBlur(radius)), dtype=np.float32).transpose(2, 0, 1)
+    flt = ImageFilter.BoxBlur(radius) if radius < 1.5 else ImageFilter.GaussianBlur(radius)
+    out = np.asarray(im.filter(flt), dtype=np.float32).transpose(2, 0, 1)
     return np.ascontiguousarray(out) * np.float32(1 / 255)
 
 

@@ -117,7 +117,7 @@ def narrow_band(img: np.ndarray, scene: Scene, rng: np.random.Generator) -> np.n
 
 def white_light(img: np.ndarray, scene: Scene, rng: np.random.Generator) -> np.ndarray:
     """Explicit HD white-light processor look: structure enhancement, +saturation, warm balance."""
-    det = img - blur_rgb(img, 1.6)
+    det = img - blur_rgb(img, 1.4)
     out = img + np.float32(rng.uniform(1.2, 1.6)) * det
     lum = luminance(out)
     out = lum + (out - lum) * np.float32(rng.uniform(1.2, 1.35))

@@ -59,7 +59,8 @@ class DeviceTraits:
     def jittered(self, rng: np.random.Generator) -> "DeviceTraits":
         """Per-case small variation (same scope model, slightly different white balance/FOV)."""
         cast = tuple(float(c * rng.uniform(0.975, 1.025)) for c in self.colour_cast)
-        return replace(self, colour_cast=cast, fov_radius=float(self.fov_radius + rng.uniform(-0.01, 0.01)))
+        # FOV radius jitter on a 0.005 grid, so the cached FOV masks are reused across cases.
+        return replace(self, colour_cast=cast, fov_radius=round(self.fov_radius + 0.005 * int(rng.integers(-2, 3)), 3))
 
 
 def random_device(rng: np.random.Generator) -> DeviceTraits:
@@ -69,7 +70,7 @@ def random_device(rng: np.random.Generator) -> DeviceTraits:
         name="generic scope",
         colour_cast=cast,
         fov_shape=str(rng.choice(["circle", "circle", "octagon", "cropped_circle", "rect"])),
-        fov_radius=float(rng.uniform(0.44, 0.48)),
+        fov_radius=round(0.44 + 0.005 * int(rng.integers(0, 9)), 3),
         border=str(rng.choice(["black", "black", "gray", "bezel"])),
         overlay_text=bool(rng.random() < 0.15),
         noise_sigma=float(rng.uniform(0.004, 0.012)),

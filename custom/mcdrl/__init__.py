@@ -14,6 +14,12 @@ Modules, one per part of the method (Liang et al., CVPR 2026, arXiv 2508.05008):
 __version__ = "0.1.0"
 
 import importlib as _importlib
+import sys as _sys
+
+if _sys.argv and _sys.argv[0].replace("\\", "/").endswith(("monai/bundle/__main__.py", "/mcdrl/__main__.py")):  # CLI runs only
+    from .errors import install_cli_hook as _install_cli_hook
+
+    _install_cli_hook()
 
 
 def __getattr__(name: str):

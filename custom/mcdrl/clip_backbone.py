@@ -28,6 +28,8 @@ from open_clip.modified_resnet import ModifiedResNet
 from open_clip.transformer import VisionTransformer
 from torch import nn
 
+from .errors import ConfigError, InputFileError
+
 __all__ = ["MODEL_CONFIG_DIR", "CLIPVisualBackbone", "clip_embed_dim", "clip_image_size", "create_clip", "resolve_weights", "weights_sha256"]
 
 #: Our own open_clip configs (the demo CLIP and the tiny test CLIPs). Registered on import.
@@ -44,11 +46,11 @@ _HOW_TO = (
 
 def _check_model_name(model_name: str) -> None:
     if model_name.startswith(("hf-hub:", "hf_hub:")):
-        raise ValueError(f"CLIP model name {model_name!r} points at the Hugging Face hub. {_HOW_TO}")
+        raise ConfigError(f"CLIP model name {model_name!r} points at the Hugging Face hub. {_HOW_TO}")
     if model_name.startswith("local-dir:"):
         return
     if model_name not in open_clip.list_models():
-        raise ValueError(
+        raise ConfigError(
             f"Unknown CLIP model name {model_name!r}. Use an open_clip config name such as 'ViT-B-16', 'ViT-L-14', "
             f"'RN50' or our 'mcdrl-demo-vit' (python -c 'import open_clip; print(open_clip.list_models())' lists them)."
         )
@@ -65,15 +67,15 @@ def resolve_weights(weights_path: str | os.PathLike | None) -> Path | None:
         return None
     text = str(weights_path)
     if "://" in text or text.startswith("hf-hub:") or (os.sep not in text and "." not in text and not Path(text).exists()):
-        raise ValueError(f"clip_weights={text!r} is not a local path (a pretrained tag or URL?). {_HOW_TO}")
+        raise ConfigError(f"clip_weights={text!r} is not a local path (a pretrained tag or URL?). {_HOW_TO}")
     path = Path(text).expanduser()
     if not path.exists():
-        raise FileNotFoundError(f"CLIP weights file not found: {path}. {_HOW_TO}")
+        raise InputFileError(f"CLIP weights file not found: {path}. {_HOW_TO}")
     if path.is_dir():
         for name in _WEIGHT_FILE_NAMES:
             if (path / name).is_file():
                 return path / name
-        raise FileNotFoundError(f"CLIP weights folder {path} holds none of {list(_WEIGHT_FILE_NAMES)}. {_HOW_TO}")
+        raise InputFileError(f"CLIP weights folder {path} holds none of {list(_WEIGHT_FILE_NAMES)}. {_HOW_TO}")
     return path
 
 
@@ -111,7 +113,7 @@ def create_clip(model_name: str, weights_path: str | os.PathLike | None = None) 
     except Exception as e:  # open_clip raises several types for a bad file; name the file in one message
         if weights is None:
             raise
-        raise RuntimeError(f"Could not load CLIP weights {weights} into {model_name!r}: {e}") from e
+        raise ConfigError(f"Could not load CLIP weights {weights} into {model_name!r} (wrong model name for this file, or a corrupt file): {e}") from e
     model.eval()
     return model
 

@@ -29,6 +29,7 @@ from torch import nn
 
 from .clip_backbone import create_clip, resolve_weights, weights_sha256
 from .prompts import ANCHOR_TEMPLATE, BACKGROUND_PROMPT, CLASS_TEMPLATE, CONFOUNDER_TEMPLATE, CONFOUNDERS, LESION_CLASSES
+from .errors import ConfigError, InputFileError
 from .utils import atomic_path
 
 __all__ = ["ConfounderDictionary", "DictionaryBuilder", "build_dictionary", "load_artifact"]
@@ -123,7 +124,7 @@ def load_artifact(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dic
     """Read an artifact: (tensors, metadata with the JSON lists decoded). Clear errors for missing or bad files."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"Confounder dictionary artifact not found: {path}. {_REGENERATE}")
+        raise InputFileError(f"Confounder dictionary artifact not found: {path}. {_REGENERATE}")
     try:
         tensors = load_file(str(path))
         from safetensors import safe_open
@@ -131,10 +132,10 @@ def load_artifact(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dic
         with safe_open(str(path), framework="pt") as f:
             meta = dict(f.metadata() or {})
     except Exception as e:
-        raise ValueError(f"Confounder dictionary artifact {path} is unreadable ({e}). {_REGENERATE}") from e
+        raise ConfigError(f"Confounder dictionary artifact {path} is unreadable ({e}). {_REGENERATE}") from e
     missing = [k for k in _TENSORS if k not in tensors]
     if missing or meta.get("format") != "mcdrl-dictionary/1":
-        raise ValueError(f"{path} is not an MCDRL dictionary artifact (missing {missing or 'format tag'}). {_REGENERATE}")
+        raise ConfigError(f"{path} is not an MCDRL dictionary artifact (missing {missing or 'format tag'}). {_REGENERATE}")
     for key in ("lesion_classes", "confounders", "class_prompts", "confounder_prompts"):
         meta[key] = json.loads(meta[key])
     return tensors, meta
@@ -175,11 +176,11 @@ class ConfounderDictionary(nn.Module):
         tensors, meta = load_artifact(path)
         got_m, got_d = tensors["confounders"].shape
         if got_d != d:
-            raise ValueError(f"Dictionary artifact {path} has embedding dimension {got_d}, but the network's CLIP has {d}. {_REGENERATE} with the same clip_model.")
+            raise ConfigError(f"Dictionary artifact {path} has embedding dimension {got_d}, but the network's CLIP has {d}. {_REGENERATE} with the same clip_model.")
         if got_m != m:
-            raise ValueError(f"Dictionary artifact {path} has {got_m} confounders, but the network expects num_confounders={m}. Set num_confounders={got_m} or rebuild the dictionary.")
+            raise ConfigError(f"Dictionary artifact {path} has {got_m} confounders, but the network expects num_confounders={m}. Set num_confounders={got_m} or rebuild the dictionary.")
         if meta["lesion_classes"] != self.lesion_classes:
-            raise ValueError(f"Dictionary artifact {path} was built for classes {meta['lesion_classes']}, the network for {self.lesion_classes}.")
+            raise ConfigError(f"Dictionary artifact {path} was built for classes {meta['lesion_classes']}, the network for {self.lesion_classes}.")
         for name in _TENSORS:
             getattr(self, name).copy_(tensors[name])
         self.confounder_names = list(meta["confounders"])
@@ -192,9 +193,9 @@ class ConfounderDictionary(nn.Module):
         if not self.meta:
             return
         if self.meta["clip_model"] != model_name:
-            raise ValueError(f"Dictionary artifact {self.path} was built with CLIP {self.meta['clip_model']!r}, the network uses {model_name!r}. {_REGENERATE}")
+            raise ConfigError(f"Dictionary artifact {self.path} was built with CLIP {self.meta['clip_model']!r}, the network uses {model_name!r}. {_REGENERATE}")
         if weights_sha != "none" and self.meta["clip_weights_sha256"] != weights_sha:
-            raise ValueError(
+            raise ConfigError(
                 f"Dictionary artifact {self.path} was built from CLIP weights sha256 {self.meta['clip_weights_sha256'][:12]}..., "
                 f"the network loads weights with sha256 {weights_sha[:12]}.... {_REGENERATE}"
             )

@@ -22,6 +22,7 @@ from torch import nn
 
 from .clip_backbone import CLIPVisualBackbone
 from .dictionary import ConfounderDictionary
+from .errors import ConfigError
 from .head import SegmentationHead
 from .intervention import CausalIntervention
 from .region_selection import RegionSelector
@@ -70,7 +71,7 @@ class MCDRLNet(nn.Module):
         }
         for part, dim in got.items():
             if dim != d:
-                raise ValueError(f"MCDRLNet: the CLIP backbone {backbone.model_name!r} has embedding dimension {d}, but the {part} was built for {dim}.")
+                raise ConfigError(f"MCDRLNet: the CLIP backbone {backbone.model_name!r} has embedding dimension {d}, but the {part} was built for {dim}.")
         dictionary.check_clip_identity(backbone.model_name, backbone.weights_sha256)
         self.backbone = backbone
         self.dictionary = dictionary

@@ -11,6 +11,7 @@ import torch
 from monai.data import load_decathlon_datalist
 from monai.engines import PrepareBatch
 
+from .errors import ConfigError, InputFileError
 from .handlers import unwrap
 
 __all__ = ["PrepareBatchWithClass", "list_images", "load_datalist", "param_groups"]
@@ -34,19 +35,19 @@ def load_datalist(path: str | os.PathLike, key: str = "training", base_dir: str 
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"datalist not found: {path}. Point 'datalist' at a JSON file (python -m mcdrl.synthetic writes one).")
+        raise InputFileError(f"datalist not found: {path}. Point 'datalist' at a JSON file (python -m mcdrl.synthetic writes one).")
     base = Path(base_dir) if base_dir else path.parent
     try:
         items = load_decathlon_datalist(str(path), is_segmentation=True, data_list_key=key, base_dir=str(base))
     except (ValueError, KeyError, json.JSONDecodeError) as e:
-        raise ValueError(f"datalist {path}: cannot read split {key!r} ({e})") from e
+        raise ConfigError(f"datalist {path}: cannot read split {key!r} ({e})") from e
     if sites:
         items = [d for d in items if d.get("site") in set(sites)]
     if check_files:
         for i, item in enumerate(items):
             for field in ("image", "label"):
                 if field in item and not Path(item[field]).is_file():
-                    raise FileNotFoundError(f"datalist {path}, {key}[{i}]: {field} file not found: {item[field]}. Fix the path or remove the entry.")
+                    raise InputFileError(f"datalist {path}, {key}[{i}]: {field} file not found: {item[field]}. Fix the path or remove the entry.")
     return items
 
 
@@ -97,8 +98,8 @@ def list_images(folder: str | os.PathLike, suffixes: tuple[str, ...] = IMAGE_SUF
     if root.is_file():
         return [{"image": str(root)}]
     if not root.is_dir():
-        raise FileNotFoundError(f"input folder not found: {root}. Pass --dataset_dir pointing at a folder of images.")
+        raise InputFileError(f"input folder not found: {root}. Pass --dataset_dir pointing at a folder of images.")
     files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in suffixes)
     if not files:
-        raise FileNotFoundError(f"no {'/'.join(suffixes)} images under {root}")
+        raise InputFileError(f"no {'/'.join(suffixes)} images under {root}")
     return [{"image": str(p)} for p in files]

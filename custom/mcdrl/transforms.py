@@ -14,6 +14,7 @@ from monai.config import KeysCollection
 from monai.transforms import MapTransform, Transform
 from monai.transforms import SaveImaged as _SaveImaged
 
+from .errors import ConfigError
 from .prompts import LESION_CLASSES, NO_LESION
 
 __all__ = ["LabelToBinary", "LabelToBinaryd", "LesionClassToIndexd", "SaveImaged", "ToModelInput", "ToModelInputd"]
@@ -135,7 +136,7 @@ class LesionClassToIndexd(MapTransform):
             elif name in self.classes:
                 d[key] = torch.tensor(self.classes.index(name))
             else:
-                raise ValueError(f"{d.get('image', '?')}: unknown lesion_class {name!r}; known: {self.classes + [NO_LESION]}")
+                raise ConfigError(f"{d.get('image', '?')}: unknown lesion_class {name!r}; known: {self.classes + [NO_LESION]}")
         return d
 
 

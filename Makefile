@@ -1,0 +1,29 @@
+# Two commands matter: `make demo` and `make test`. Both set up .venv first if needed.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+export HF_HUB_OFFLINE := 1
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
+
+.PHONY: install demo test data pretrain-clip dictionary train-demo regenerate monailabel-env monailabel-app clean
+
+$(STAMP): requirements.txt requirements-dev.txt pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q -r requirements-dev.txt 2> >(grep -v "^WARNING: Location" >&2)
+	$(PY) -m pip install -q --no-deps -e . 2> >(grep -v "^WARNING: Location" >&2)
+	touch $@
+
+install: $(STAMP)
+
+## make demo: set up, then segment a synthetic site the shipped model never trained on (writes demo_out/)
+demo: $(STAMP)
+	$(PY) -m mcdrl.demo --out demo_out
+
+## make test: set up, then the whole suite (includes the slow MONAI Label and torchrun tests)
+test: $(STAMP)
+	$(PY) -m pytest -q -p no:cacheprovider tests
+
+clean:
+	rm -rf demo_out bundle/runs bundle/eval

@@ -1,0 +1,57 @@
+"""Error types for bad input, and a CLI hook that prints them as one clear line.
+
+``python -m monai.bundle run`` wraps every exception raised while a config is instantiated in several layers of
+``RuntimeError("Failed to instantiate component ...")``. For our own input errors (a missing weights file, an
+unknown CLIP name, a mismatched dictionary, a missing datalist file) that is traceback soup: the message that
+names the thing and the fix is buried in the middle. :func:`install_cli_hook` (installed when :mod:`mcdrl` is
+imported by a ``monai.bundle`` or ``mcdrl`` command line) prints just ``mcdrl: error: <message>`` and exits 2
+when the root cause is an :class:`MCDRLError`; any other exception keeps its full traceback, and so does ours
+with ``MCDRL_TRACEBACK=1``.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+__all__ = ["ConfigError", "InputFileError", "MCDRLError", "install_cli_hook"]
+
+
+class MCDRLError(Exception):
+    """Base of the errors that describe bad input and say how to fix it."""
+
+
+class ConfigError(MCDRLError, ValueError):
+    """A config value is wrong or inconsistent (unknown CLIP name, mismatched dictionary, ...)."""
+
+
+class InputFileError(MCDRLError, FileNotFoundError):
+    """A file named by the config or a datalist is missing."""
+
+
+def _root_mcdrl_error(exc: BaseException | None) -> MCDRLError | None:
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, MCDRLError):
+            return exc
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+def install_cli_hook() -> None:
+    """Print our input errors as one line on an uncaught exception (idempotent)."""
+    if getattr(sys.excepthook, "_mcdrl", False) or os.environ.get("MCDRL_TRACEBACK"):
+        return
+    previous = sys.excepthook
+
+    def hook(exc_type, exc, tb):
+        err = _root_mcdrl_error(exc)
+        if err is None:
+            return previous(exc_type, exc, tb)
+        sys.stderr.write(f"mcdrl: error: {err}\n(set MCDRL_TRACEBACK=1 for the full traceback)\n")
+        sys.stderr.flush()
+        os._exit(2)
+
+    hook._mcdrl = True  # type: ignore[attr-defined]
+    sys.excepthook = hook

@@ -1,0 +1,175 @@
+"""The bundle through MONAI's own tools: ConfigWorkflow properties, the CLI from a foreign cwd, verify_* commands."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import BUNDLE, TINY_OVERRIDES, bundle_cli, tiny_train_overrides
+
+CONFIGS = BUNDLE / "configs"
+META = str(CONFIGS / "metadata.json")
+LOGGING = str(CONFIGS / "logging.conf")
+
+
+@pytest.fixture(scope="module")
+def trained_bundle(tiny_world, tmp_path_factory):
+    """A bundle_root with models/model.pt from a real 3-epoch CLI training run, started from a foreign cwd."""
+    root = tmp_path_factory.mktemp("bundle_root")
+    cwd = tmp_path_factory.mktemp("elsewhere")
+    overrides = tiny_train_overrides(tiny_world, root, max_epochs=3, causal_start_epoch=2)
+    proc = bundle_cli(["run", "training", "--config_file", str(CONFIGS / "train.json"), "--meta_file", META, "--logging_file", LOGGING], cwd, overrides)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return {"root": root, "log": proc.stdout + proc.stderr, "cwd": cwd}
+
+
+def test_training_cli_from_foreign_cwd_saves_bare_state_dict(trained_bundle, tiny_world):
+    model_pt = trained_bundle["root"] / "models" / "model.pt"
+    state = torch.load(model_pt, weights_only=True)
+    assert isinstance(state, dict) and all(isinstance(v, torch.Tensor) for v in state.values())
+    assert any(k.startswith("intervention.layers.0.") for k in state) and "dictionary.confounders" in state
+
+
+def test_intervention_switches_on_at_configured_epoch_and_terms_are_logged(trained_bundle):
+    log = trained_bundle["log"]
+    assert "epoch 1: causal intervention OFF" in log
+    assert "epoch 3: causal intervention ON" in log and "epoch 2: causal intervention" not in log
+    records = [json.loads(line) for line in (trained_bundle["root"] / "runs" / "train" / "loss_terms.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in records] == [1, 2, 3]
+    assert [r["intervention"] for r in records] == [False, False, True]
+    assert "loss_causal" not in records[1] and records[2]["loss_causal"] > 0
+    assert all(r["loss_seg"] > 0 and "loss_contrast" in r for r in records)
+
+
+def test_evaluate_cli_writes_per_image_metrics_csv(trained_bundle, tiny_world):
+    out = trained_bundle["root"] / "eval"
+    overrides = tiny_train_overrides(tiny_world, trained_bundle["root"])
+    cfg = f"['{CONFIGS / 'train.json'}','{CONFIGS / 'evaluate.json'}']"
+    proc = bundle_cli(["run", "--config_file", cfg, "--meta_file", META, "--logging_file", LOGGING], trained_bundle["cwd"], overrides)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for name in ("val_mean_dice", "val_mean_iou", "val_pixel_accuracy"):
+        rows = (out / f"{name}_raw.csv").read_text().strip().splitlines()
+        assert rows[0].startswith("filename") and len(rows) == 1 + 2  # one row per validation image
+        values = [float(r.split(",")[-1]) for r in rows[1:]]
+        assert all(0.0 <= v <= 1.0 for v in values)
+    summary = dict(line.split(",") for line in (out / "metrics.csv").read_text().splitlines())
+    assert set(summary) == {"val_mean_dice", "val_mean_iou", "val_pixel_accuracy"}
+
+
+def test_inference_cli_writes_masks_matching_evaluator(trained_bundle, tiny_world, tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    overrides = {**TINY_OVERRIDES, "bundle_root": str(trained_bundle["root"]), "dictionary_path": str(tiny_world["dictionary"]),
+                 "dataset_dir": str(tiny_world["data"] / "images"), "output_dir": str(tmp_path / "out")}
+    proc = bundle_cli(["run", "--config_file", str(CONFIGS / "inference.json"), "--meta_file", META, "--logging_file", LOGGING], trained_bundle["cwd"], overrides)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    masks = sorted((tmp_path / "out").rglob("*.png"))
+    assert len(masks) == 8
+    # orientation and values: the mask of a validation case gives the Dice that the evaluator reported
+    raw = (trained_bundle["root"] / "eval" / "val_mean_dice_raw.csv")
+    if raw.exists():
+        dice_eval = {Path(r.split(",")[0]).stem: float(r.split(",")[-1]) for r in raw.read_text().splitlines()[1:]}
+        for stem, d_eval in dice_eval.items():
+            pred = np.array(Image.open(next(m for m in masks if m.name.startswith(stem)))) > 0
+            gt = np.array(Image.open(tiny_world["data"] / "labels" / f"{stem}.png")) > 0
+            dice = 2 * (pred & gt).sum() / max(pred.sum() + gt.sum(), 1) if gt.any() or pred.any() else 1.0
+            assert dice == pytest.approx(d_eval, abs=1e-4)
+
+
+def _workflow(files, overrides, workflow_type):
+    from monai.bundle import ConfigWorkflow
+
+    wf = ConfigWorkflow(config_file=[str(CONFIGS / f) for f in files], meta_file=META, logging_file=LOGGING, workflow_type=workflow_type, **overrides)
+    wf.initialize()
+    return wf
+
+
+@pytest.mark.parametrize("files,wtype", [(["train.json"], "train"), (["train.json", "evaluate.json"], "infer"), (["inference.json"], "infer")])
+def test_config_workflow_properties_are_complete(files, wtype, tiny_world, tmp_path):
+    overrides = {**TINY_OVERRIDES, "bundle_root": str(tmp_path), "dataset_dir": str(tiny_world["data"]), "clip_weights": str(tiny_world["weights"]), "dictionary_path": str(tiny_world["dictionary"])}
+    if files == ["inference.json"]:
+        overrides.update(dataset_dir=str(tiny_world["data"] / "images"), clip_weights=None)
+    wf = _workflow(files, overrides, wtype)
+    assert wf.check_properties() == []
+
+
+def test_network_def_and_knobs_agree_between_train_and_inference():
+    train = json.loads((CONFIGS / "train.json").read_text())
+    infer = json.loads((CONFIGS / "inference.json").read_text())
+    assert train["network_def"] == infer["network_def"]
+    for key in ("clip_model", "readout", "lesion_classes", "num_confounders", "alpha", "mtrs_scoring", "use_intervention",
+                "intervention_layers", "intervention_heads", "decoder_channels", "image_size", "embed_dim", "dictionary_path"):
+        assert train[key] == infer[key], key
+    assert infer["clip_weights"] is None  # inference takes every weight from model.pt, never from CLIP files
+    shared = lambda pre: [t for t in pre["transforms"] if t["_target_"] in ("mcdrl.transforms.ToModelInputd", "EnsureChannelFirstd")]
+    assert [t["_target_"] for t in shared(infer["preprocessing"])] == [t["_target_"] for t in shared(train["validate"]["preprocessing"])]
+
+
+def test_verify_net_in_out(tiny_world, tmp_path):
+    overrides = {**TINY_OVERRIDES, "bundle_root": str(tmp_path), "dictionary_path": str(tiny_world["dictionary"])}
+    meta = json.loads(Path(META).read_text())
+    for k in ("inputs", "outputs"):
+        for spec in meta["network_data_format"][k].values():
+            spec["spatial_shape"] = [64, 64]
+    (tmp_path / "metadata.json").write_text(json.dumps(meta))
+    proc = bundle_cli(["verify_net_in_out", "network_def", "--meta_file", str(tmp_path / "metadata.json"), "--config_file", str(CONFIGS / "inference.json")], tmp_path, overrides)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "data shape of network is verified with no error" in proc.stdout + proc.stderr
+
+
+def test_verify_metadata_against_shipped_schema(tmp_path):
+    proc = bundle_cli(["verify_metadata", "--meta_file", META, "--filepath", str(CONFIGS / "metadata_schema.json")], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "metadata is verified with no error" in proc.stdout + proc.stderr
+    meta = json.loads(Path(META).read_text())
+    del meta["authors"]
+    (tmp_path / "bad.json").write_text(json.dumps(meta))
+    proc = bundle_cli(["verify_metadata", "--meta_file", str(tmp_path / "bad.json"), "--filepath", str(CONFIGS / "metadata_schema.json")], tmp_path)
+    assert proc.returncode != 0
+    assert "'authors' is a required property" in proc.stdout + proc.stderr
+
+
+def test_metadata_versions_match_this_environment():
+    import monai
+    import numpy
+
+    meta = json.loads(Path(META).read_text())
+    assert meta["monai_version"] == monai.__version__
+    assert meta["pytorch_version"] == torch.__version__.split("+")[0]
+    assert meta["numpy_version"] == numpy.__version__
+    assert meta["version"] in meta["changelog"] and list(meta["changelog"])[0] == meta["version"]
+    assert meta["network_data_format"]["outputs"]["pred"]["channel_def"] == {"0": "background", "1": "lesion"}
+
+
+# ---- bad input: one clear line naming the thing and the fix ----------------------------------------------------
+@pytest.mark.parametrize(
+    "extra,expected",
+    [
+        ({"clip_weights": "/no/such/weights.bin"}, "CLIP weights file not found: /no/such/weights.bin"),
+        ({"clip_model": "ViT-Q-99"}, "Unknown CLIP model name 'ViT-Q-99'"),
+        ({"num_confounders": 15}, "has 12 confounders, but the network expects num_confounders=15"),
+    ],
+)
+def test_bad_config_is_one_clear_error(tiny_world, tmp_path, extra, expected):
+    overrides = tiny_train_overrides(tiny_world, tmp_path, **extra)
+    proc = bundle_cli(["run", "training", "--config_file", str(CONFIGS / "train.json")], tmp_path, overrides)
+    assert proc.returncode == 2
+    assert "mcdrl: error: " in proc.stderr and expected in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "models" / "model.pt").exists()
+
+
+def test_datalist_entry_with_missing_image_is_one_clear_error(tiny_world, tmp_path):
+    data = tmp_path / "data"
+    shutil.copytree(tiny_world["data"], data)
+    (data / "images" / "case03.png").unlink()
+    overrides = tiny_train_overrides(tiny_world, tmp_path, dataset_dir=str(data))
+    proc = bundle_cli(["run", "training", "--config_file", str(CONFIGS / "train.json")], tmp_path, overrides)
+    assert proc.returncode == 2
+    assert "training[3]: image file not found:" in proc.stderr and "case03.png" in proc.stderr
+    assert "Traceback" not in proc.stderr

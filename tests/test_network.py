@@ -1,0 +1,269 @@
+"""The MCDRL parts and the composed network: shapes, TorchScript, weights, MTRS, intervention, losses, stage 1."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from conftest import TINY, save_tiny_clip
+from mcdrl.clip_backbone import CLIPVisualBackbone, create_clip
+from mcdrl.dictionary import ConfounderDictionary, build_dictionary, load_artifact
+from mcdrl.head import SegmentationHead
+from mcdrl.intervention import CausalIntervention, InterventionBlock
+from mcdrl.losses import MCDRLLoss
+from mcdrl.network import MCDRLNet
+from mcdrl.region_selection import RegionSelector
+
+
+def build_net(world, model_name=TINY, weights="world", alpha=0.5, use_intervention=True, depth=3) -> MCDRLNet:
+    weights = world["weights"] if weights == "world" else weights
+    backbone = CLIPVisualBackbone(model_name, weights)
+    d = backbone.embed_dim
+    dictionary = ConfounderDictionary(world["dictionary"] if model_name == TINY else None, d)
+    return MCDRLNet(backbone, dictionary, RegionSelector(alpha), CausalIntervention(d, depth, heads=2), SegmentationHead(d, (16, 8)), use_intervention=use_intervention)
+
+
+@pytest.mark.parametrize("size", [(64, 64), (96, 80), (37, 123), (224, 224)])
+def test_eval_output_shape_follows_input(tiny_world, size):
+    net = build_net(tiny_world).eval()
+    with torch.no_grad():
+        out = net(torch.rand(2, 3, *size))
+    assert out.shape == (2, 2, *size)
+    assert torch.isfinite(out).all()
+
+
+def test_resnet_backbone_works(tmp_path):
+    backbone = CLIPVisualBackbone("mcdrl-tiny-rn", None)
+    dense, pooled = backbone(torch.rand(2, 3, 64, 64))
+    assert dense.shape == (2, backbone.embed_dim, 2, 2) and pooled.shape == (2, backbone.embed_dim)
+
+
+def test_traced_network_equals_eager_on_several_sizes(tiny_world):
+    net = build_net(tiny_world).eval()
+    traced = torch.jit.trace(net, torch.rand(1, 3, 64, 64), check_trace=False)
+    buf = io.BytesIO()
+    torch.jit.save(traced, buf)
+    buf.seek(0)
+    loaded = torch.jit.load(buf)
+    for size in [(64, 64), (100, 72), (256, 256)]:
+        x = torch.rand(2, 3, *size)
+        with torch.no_grad():
+            assert (loaded(x) - net(x)).abs().max().item() <= 1e-4
+
+
+def test_state_dict_round_trip_strict_weights_only(tiny_world, tmp_path):
+    net = build_net(tiny_world).eval()
+    torch.save(net.state_dict(), tmp_path / "model.pt")
+    fresh = build_net(tiny_world, weights=None).eval()
+    state = torch.load(tmp_path / "model.pt", weights_only=True)
+    missing, unexpected = fresh.load_state_dict(state, strict=True)
+    assert not missing and not unexpected
+    x = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(fresh(x), net(x))
+
+
+def test_dropout_argument_reaches_head(tiny_world):
+    net = build_net(tiny_world)
+    net2 = MCDRLNet(net.backbone, net.dictionary, net.selector, net.intervention, net.head, dropout=0.3)
+    assert net2.head.dropout.p == pytest.approx(0.3)
+
+
+def test_training_forward_exposes_auxiliary_terms(tiny_world):
+    net = build_net(tiny_world).train()
+    out = net(torch.rand(2, 3, 64, 64))
+    d = net.backbone.embed_dim
+    assert out["pred"].shape == (2, 2, 64, 64)
+    assert out["image_embedding"].shape == (2, d) and out["region_embedding"].shape == (2, d)
+
+
+def test_text_tower_is_not_part_of_the_network(tiny_world):
+    keys = build_net(tiny_world).state_dict().keys()
+    assert not any(k.startswith(("backbone.transformer", "backbone.token_embedding", "backbone.text")) for k in keys)
+    assert all(not k.startswith("backbone.") or k.startswith("backbone.visual.") for k in keys)
+
+
+# ---- MTRS ------------------------------------------------------------------------------------------------------
+def test_mtrs_picks_most_prompt_similar_positions():
+    d, L = 8, 16
+    e = F.normalize(torch.randn(3, d), dim=-1)
+    bg = torch.zeros(d)
+    tokens = torch.randn(1, L, d) * 0.01
+    lesion_positions = [2, 5, 11, 14]
+    for i, p in enumerate(lesion_positions):
+        tokens[0, p] = e[i % 3] * 5  # exactly aligned with a class prompt
+    sel = RegionSelector(alpha=0.25, scoring="max")
+    idx, scores = sel(tokens, e, bg)
+    assert idx.shape == (1, 4)
+    assert sorted(idx[0].tolist()) == lesion_positions
+    assert scores.shape == (1, L)
+
+
+def test_mtrs_background_scoring_suppresses_background_like_positions():
+    d = 8
+    e = F.normalize(torch.eye(d)[:2], dim=-1)
+    bg = torch.eye(d)[2]
+    tokens = torch.zeros(1, 4, d)
+    tokens[0, 0] = torch.eye(d)[0] + torch.eye(d)[2] * 2.0  # lesion-ish but mostly "normal mucosa"
+    tokens[0, 1] = torch.eye(d)[0] * 0.6 + torch.eye(d)[3] * 0.4  # weaker lesion match, not background
+    tokens[0, 2] = torch.eye(d)[4]
+    tokens[0, 3] = torch.eye(d)[5]
+    plain = RegionSelector(0.25, "max")(tokens, e, bg)[0]
+    contrast = RegionSelector(0.25, "max_minus_background")(tokens, e, bg)[0]
+    assert plain.tolist() == [[1]] or plain.tolist() == [[0]]
+    assert contrast.tolist() == [[1]]
+
+
+def test_mtrs_alpha_one_keeps_all_positions():
+    tokens = torch.randn(2, 9, 8)
+    idx, _ = RegionSelector(alpha=1.0)(tokens, torch.randn(3, 8), torch.randn(8))
+    assert [sorted(r) for r in idx.tolist()] == [list(range(9))] * 2
+
+
+def test_mtrs_rejects_bad_alpha():
+    with pytest.raises(ValueError, match="alpha"):
+        RegionSelector(alpha=0.0)
+
+
+# ---- intervention ----------------------------------------------------------------------------------------------
+def test_attention_rows_sum_to_one_over_the_12_confounders():
+    block = InterventionBlock(dim=32, heads=4)
+    w = block.attention_weights(torch.randn(2, 5, 32), torch.randn(12, 32))
+    assert w.shape == (2, 4, 5, 12)
+    assert torch.allclose(w.sum(-1), torch.ones(2, 4, 5), atol=1e-6)
+
+
+def test_fused_attention_equals_explicit_softmax():
+    torch.manual_seed(0)
+    block = InterventionBlock(dim=32, heads=4).eval()
+    x, z = torch.randn(2, 5, 32), torch.randn(12, 32)
+    w = block.attention_weights(x, z)
+    v = block.v_proj(block.norm_kv(z)).view(1, 12, 4, 8).transpose(1, 2)
+    a = (w @ v).transpose(1, 2).reshape(2, 5, 32)
+    ref = x + block.out_proj(a)
+    ref = ref + block.ffn(block.norm_ffn(ref))
+    assert torch.allclose(block(x, z), ref, atol=1e-5)
+
+
+def test_use_intervention_false_bypasses_the_layer_exactly(tiny_world):
+    torch.manual_seed(0)
+    on = build_net(tiny_world).eval()
+    off = build_net(tiny_world, use_intervention=False).eval()
+    off.load_state_dict(on.state_dict())
+    x = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        tokens = on.backbone.forward_dense(on._resize_in(x))
+        bypass_tokens, _, _ = off._regions(tokens)
+        assert torch.equal(bypass_tokens, tokens)
+        baseline = off._decode(tokens, x.shape[-2:])
+        assert torch.equal(off(x), baseline)
+        assert not torch.equal(on(x), baseline)
+
+
+def test_predict_with_confounders_weights_sum_to_one(tiny_world):
+    net = build_net(tiny_world).eval()
+    logits, w = net.predict_with_confounders(torch.rand(3, 3, 64, 64))
+    assert logits.shape == (3, 2, 64, 64) and w.shape == (3, 12)
+    assert torch.allclose(w.sum(-1), torch.ones(3), atol=1e-5)
+    assert len(net.confounder_names) == 12 and net.confounder_names[0] == "motion blur"
+
+
+# ---- losses ----------------------------------------------------------------------------------------------------
+def test_causal_loss_is_zero_at_the_class_anchor(tiny_world):
+    dictionary = ConfounderDictionary(tiny_world["dictionary"], 32)
+    loss = MCDRLLoss(dictionary)
+    classes = torch.tensor([0, 3])
+    pooled = dictionary.class_anchors[classes] * 7.0  # scale does not matter: both sides are normalised
+    assert loss.causal(pooled, classes).item() == pytest.approx(0.0, abs=1e-10)
+    assert loss.causal(torch.randn(2, 32), classes).item() > 0.01
+
+
+def test_loss_terms_and_class_masking(tiny_world):
+    dictionary = ConfounderDictionary(tiny_world["dictionary"], 32)
+    loss = MCDRLLoss(dictionary, lambda_causal=0.5, lambda_contrast=0.1, tau=0.5)
+    out = {"pred": torch.randn(2, 2, 8, 8), "image_embedding": torch.randn(2, 32), "region_embedding": torch.randn(2, 32), "intervention_on": True}
+    label = torch.randint(0, 2, (2, 1, 8, 8)).float()
+    total = loss(out, {"label": label, "lesion_class": torch.tensor([1, -1])})
+    t = loss.last_terms
+    assert set(t) == {"seg", "contrast", "causal", "total"}
+    assert total.item() == pytest.approx(t["seg"] + 0.5 * t["causal"] + 0.1 * t["contrast"], rel=1e-5)
+    # the intervention off -> no causal term; all classes unknown -> the class terms are exactly zero
+    out["intervention_on"] = False
+    loss(out, {"label": label, "lesion_class": torch.tensor([-1, -1])})
+    assert "causal" not in loss.last_terms and loss.last_terms["contrast"] == 0.0
+
+
+# ---- stage 1 ---------------------------------------------------------------------------------------------------
+def test_changing_a_prompt_changes_the_artifact(tiny_world, tmp_path):
+    base = ["motion blur", "blood"]
+    a = build_dictionary(TINY, tiny_world["weights"], tmp_path / "a.safetensors", confounders=base)
+    b = build_dictionary(TINY, tiny_world["weights"], tmp_path / "b.safetensors", confounders=["motion blur", "bile"])
+    ta, ma = load_artifact(a)
+    tb, mb = load_artifact(b)
+    assert torch.equal(ta["confounders"][0], tb["confounders"][0])
+    assert not torch.equal(ta["confounders"][1], tb["confounders"][1])
+    assert mb["confounders"] == ["motion blur", "bile"] and mb["confounder_prompts"][1] == "An endoscopy image with bile"
+    assert ma["clip_model"] == TINY and len(ma["clip_weights_sha256"]) == 64
+
+
+def test_artifact_count_mismatch_names_both_numbers(tiny_world):
+    with pytest.raises(ValueError, match=r"12 confounders.*num_confounders=15"):
+        ConfounderDictionary(tiny_world["dictionary"], 32, num_confounders=15)
+
+
+def test_artifact_dimension_mismatch_names_both_numbers(tiny_world):
+    with pytest.raises(ValueError, match=r"dimension 32.*has 64"):
+        ConfounderDictionary(tiny_world["dictionary"], 64)
+
+
+def test_artifact_from_other_clip_weights_is_refused(tiny_world, tmp_path):
+    other = save_tiny_clip(tmp_path / "other.safetensors", seed=1)
+    with pytest.raises(ValueError, match="sha256"):
+        build_net(tiny_world, weights=other)
+
+
+def test_missing_or_corrupt_artifact_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="build_dictionary"):
+        ConfounderDictionary(tmp_path / "nope.safetensors", 32)
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(b"not a safetensors file")
+    with pytest.raises(ValueError, match="unreadable"):
+        ConfounderDictionary(bad, 32)
+
+
+# ---- CLIP factory ----------------------------------------------------------------------------------------------
+def test_local_weights_file_is_loaded(tiny_world):
+    from safetensors.torch import load_file
+
+    model = create_clip(TINY, tiny_world["weights"])
+    saved = load_file(str(tiny_world["weights"]))
+    assert torch.equal(model.visual.conv1.weight, saved["visual.conv1.weight"])
+
+
+def test_local_weights_folder_is_loaded(tiny_world, tmp_path):
+    folder = tmp_path / "clipdir"
+    folder.mkdir()
+    (folder / "open_clip_model.safetensors").write_bytes(tiny_world["weights"].read_bytes())
+    assert torch.equal(create_clip(TINY, folder).visual.proj, create_clip(TINY, tiny_world["weights"]).visual.proj)
+
+
+@pytest.mark.parametrize(
+    "name,weights,error,match",
+    [
+        (TINY, "/no/such/clip.bin", FileNotFoundError, "not found.*local file"),
+        (TINY, "openai", ValueError, "not a local path"),
+        ("hf-hub:microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224", None, ValueError, "hub.*clip_weights"),
+        ("ViT-Q-99", None, ValueError, "Unknown CLIP model name"),
+    ],
+)
+def test_clip_factory_refuses_hub_and_missing_weights(name, weights, error, match):
+    with pytest.raises(error, match=match):
+        create_clip(name, weights)
+
+
+def test_weights_for_a_different_config_name_the_file(tiny_world):
+    with pytest.raises(RuntimeError, match=str(tiny_world["weights"].name)):
+        create_clip("mcdrl-tiny-rn", tiny_world["weights"])

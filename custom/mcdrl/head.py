@@ -41,4 +41,6 @@ class SegmentationHead(nn.Module):
         self.upsample_factor = 2 ** len(channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.stages(self.dropout(self.proj(x))))
+        # channels_last inside: the 3x3 convs (oneDNN) are ~20% faster on CPU; same values, standard layout out
+        x = x.contiguous(memory_format=torch.channels_last)
+        return self.classifier(self.stages(self.dropout(self.proj(x)))).contiguous()

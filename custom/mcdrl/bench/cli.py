@@ -1,0 +1,193 @@
+"""The command line of ``python -m mcdrl.bench``: time what MCDRL adds on top of its CLIP backbone, and write
+bench.json / bench.md.
+
+Examples:
+    python -m mcdrl.bench                      # full CPU run (several minutes on 2 cores)
+    python -m mcdrl.bench --quick --output /tmp/b.json --markdown /tmp/b.md   # smoke run, tiny CLIP, seconds
+    python -m mcdrl.bench --device cuda        # the same on a GPU, under bf16 autocast
+
+Thread setting: unless ``OMP_WAIT_POLICY`` is already set, ``python -m mcdrl.bench`` sets it to ``PASSIVE`` before
+torch loads. With the OpenMP default (threads spin while waiting) a 2-core machine shared with other jobs runs
+ViT-B-16 several times slower and very noisily; the ``thread_settings`` section of the JSON measures the three
+settings in fresh processes. Export ``OMP_WAIT_POLICY=ACTIVE`` to benchmark the OpenMP default instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import shlex
+import sys
+import threading
+from pathlib import Path
+
+import torch
+
+from ..paths import default_bundle_root
+from . import report, runner
+from .models import QUICK_MODEL
+from .probe import measure_peak_rss, time_in_fresh_process
+from .timing import load_average, machine_info
+
+
+class _LoadSampler:
+    """Samples ``os.getloadavg()`` every few seconds in a daemon thread, to record how busy the machine was."""
+
+    def __init__(self, every_s: float = 5.0):
+        self.samples: list[float] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, args=(every_s,), daemon=True)
+
+    def _loop(self, every_s: float) -> None:
+        while not self._stop.wait(every_s):
+            self.samples.append(os.getloadavg()[0])
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join(timeout=1)
+
+
+def thread_settings(model: str, repeats: int) -> list[dict]:
+    """MCDRL eval forward (batch 1) in fresh processes: OpenMP default wait policy, PASSIVE, and 1 thread."""
+    variants = [
+        ("torch default threads, OMP_WAIT_POLICY unset (OpenMP default: spin)", {"OMP_WAIT_POLICY": None, "OMP_NUM_THREADS": None}),
+        ("torch default threads, OMP_WAIT_POLICY=PASSIVE", {"OMP_WAIT_POLICY": "PASSIVE", "OMP_NUM_THREADS": None}),
+        ("OMP_NUM_THREADS=1", {"OMP_WAIT_POLICY": None, "OMP_NUM_THREADS": "1"}),
+    ]
+    out = []
+    for label, env in variants:
+        r = time_in_fresh_process(model, env, time_repeats=repeats)
+        out.append({"setting": label, "threads": r["threads"], "mcdrl_median_ms": r["mcdrl_median_ms"], "load_1min": load_average()[0]})
+    return out
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    results = Path(default_bundle_root()) / "docs" / "results"
+    p = argparse.ArgumentParser(prog="python -m mcdrl.bench", description=(__doc__ or "").splitlines()[0])
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="cuda times under bf16 autocast")
+    p.add_argument("--quick", action="store_true", help=f"smoke run: {QUICK_MODEL}, few repeats (checks the JSON, not speed)")
+    p.add_argument("--output", default=str(results / "bench.json"), help="JSON path (default: bundle/docs/results/bench.json)")
+    p.add_argument("--markdown", default=str(results / "bench.md"), help="markdown path ('' to skip)")
+    p.add_argument("--models", nargs="+", default=None, help="open_clip configs to time (default: mcdrl-demo-vit ViT-B-16)")
+    p.add_argument("--main-model", default=None, help="config of the headline ratios (default: ViT-B-16)")
+    p.add_argument("--large-size", type=int, default=None, help="the larger native input side, resized inside the network (default 512)")
+    p.add_argument("--repeats", type=int, default=None, help="timed rounds per forward comparison (default 7)")
+    p.add_argument("--train-repeats", type=int, default=None, help="timed rounds per training comparison (default 3)")
+    p.add_argument("--train-batch", type=int, default=None, help="training batch (default 8, as bundle/configs/train.json)")
+    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads before measuring (default: torch's choice)")
+    p.add_argument("--compile", action="store_true", help="also time torch.compile (compiles for minutes on CPU)")
+    p.add_argument("--no-options", action="store_true", help="skip the bf16 and thread checks")
+    a = p.parse_args(argv)
+    if a.device == "cuda" and not torch.cuda.is_available():
+        p.error("--device cuda: no CUDA device is available")
+    quick = a.quick
+    a.models = a.models or ([QUICK_MODEL] if quick else ["mcdrl-demo-vit", "ViT-B-16"])
+    a.main_model = a.main_model or (QUICK_MODEL if quick else "ViT-B-16")
+    if a.main_model not in a.models:
+        a.models.append(a.main_model)
+    a.large_size = a.large_size or (128 if quick else 512)
+    a.repeats = a.repeats or (2 if quick else 7)
+    a.train_repeats = a.train_repeats or (1 if quick else 3)
+    a.train_batch = a.train_batch or (2 if quick else 8)
+    a.batches = [1, 2] if quick else [1, 8]
+    return a
+
+
+def run(a: argparse.Namespace, argv: list[str]) -> dict:
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    torch.manual_seed(0)
+    load_before = load_average()
+    log = lambda msg: print(f"[mcdrl.bench] {msg}", flush=True)  # noqa: E731
+    with _LoadSampler() as sampler:
+        forward = []
+        for model in a.models:
+            log(f"forward: {model}, batches {a.batches}, inputs CLIP size and {a.large_size}")
+            forward += runner.forward_rows(model, a.batches, [None, a.large_size], a.repeats, a.device)
+        train = []
+        for model in a.models:
+            log(f"training step: {model}, batch {a.train_batch}")
+            train.append(runner.train_rows(model, a.train_batch, a.train_repeats, a.device))
+        log(f"profile: {a.main_model}")
+        profile = {"model": a.main_model, "batch": 1, "top": runner.profile_top(a.main_model, 1, device=a.device)}
+        log(f"peak RSS (fresh process): {a.main_model}, batch 1")
+        rss = measure_peak_rss(a.main_model, 1, threads=a.threads)
+        bf16 = threads = compiled = settings = None
+        if not a.no_options:
+            log("options: bf16 autocast, thread counts")
+            bf16 = runner.bf16_check(a.main_model, 1, max(2, a.repeats // 2), a.device)
+            if a.device == "cpu":
+                counts = sorted({1, torch.get_num_threads()})
+                threads = runner.thread_check(a.main_model, 1, max(2, a.repeats // 2), counts)
+                if not a.quick:
+                    log("options: thread settings in fresh processes")
+                    settings = thread_settings(a.main_model, max(3, a.repeats // 2))
+        if a.compile:
+            log("option: torch.compile")
+            compiled = runner.compile_check(a.main_model, 1, max(2, a.repeats // 2), a.device)
+        folder = runner.folder_throughput()
+    load_after = load_average()
+    cores = machine_info(a.device)["usable_cores"] or 1
+    peak = max([load_before[0], load_after[0], *sampler.samples])
+    clip_size = forward[[r["model"] for r in forward].index(a.main_model)]["clip_size"]
+    result = {
+        **report.headline(forward, train, rss, a.main_model, clip_size, a.batches),
+        "main_model": a.main_model,
+        "quick": bool(a.quick),
+        "batches": a.batches,
+        "device": a.device + (" (bf16 autocast)" if a.device == "cuda" else " (fp32)"),
+        "command": "python -m mcdrl.bench " + shlex.join(argv),
+        "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "machine": {**machine_info(a.device), "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY")},
+        "load": {
+            "before": load_before,
+            "after": load_after,
+            "max_1min": round(peak, 2),
+            # our own run adds about `threads` to the load; more than that before we started means other jobs ran
+            "shared": bool(load_before[0] > 0.5 or peak > cores + 0.5),
+        },
+        "definitions": {
+            "bare_visual": "open_clip `model.visual(x)` on a CLIP-normalised S x S tensor: patch embed, all blocks, ln_post, proj; returns the pooled (B, d) embedding",
+            "mcdrl_eval": "MCDRLNet.eval()(x), x (B, 3, H, W) in [0, 1] -> logits (B, 2, H, W): resize to S, normalise, blocks 1..L-1, MaskCLIP value path instead of block L, dense ln_post+proj, MTRS top-k, gather, 3-layer intervention, scatter, conv decoder, resize back",
+            "baseline_eval": "the same network with use_intervention=False",
+            "intervention_fraction": "time inside net.intervention (forward hooks, all layers) / time of the whole MCDRL eval forward, same runs",
+            "large_input": f"{a.large_size}x{a.large_size} input, resized to S inside the network (the synthetic demo frames are 224x224, the CLIP size, so the 224 rows are the demo data's native size)",
+        },
+        "forward": forward,
+        "train_step": train,
+        "rss": rss,
+        "profile": profile,
+        "bf16": bf16,
+        "threads": threads,
+        "thread_settings": settings,
+        "compile": compiled,
+        "folder_inference": folder,
+        "cuda_max_memory_allocated_mb": (torch.cuda.max_memory_allocated() / 2**20) if a.device == "cuda" else None,
+    }
+    return result
+
+
+def main(argv: list[str] | None = None, wait_policy_set_by_bench: bool = False) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    a = parse_args(argv)
+    result = run(a, argv)
+    result["machine"]["OMP_WAIT_POLICY_set_by_bench"] = wait_policy_set_by_bench
+    report.write_outputs(result, a.output, a.markdown or None)
+    for key, c in result["targets"].items():
+        value = "n/a" if c["value"] is None else f"{c['value']:.3f}"
+        print(f"{key:24s} {value:>10s}   target {c['target']:10s} {'met' if c['met'] else ('n/a' if c['met'] is None else 'NOT met')}")
+    for r in result["forward"]:
+        print(f"forward {r['model']:15s} B={r['batch']} {r['input_size']:4d}px  visual {r['visual_ms']:8.1f} ms  MCDRL {r['mcdrl_ms']:8.1f} ms  "
+              f"Baseline {r['baseline_ms']:8.1f} ms  MCDRL/visual {r['mcdrl_over_visual']:.3f}")
+    for t in result["train_step"]:
+        print(f"train   {t['model']:15s} B={t['batch']}  MCDRL {t['mcdrl_ms']:8.1f} ms  Baseline {t['baseline_ms']:8.1f} ms  ratio {t['ratio']:.3f}")
+    print(f"load average before/max/after: {result['load']['before']} / {result['load']['max_1min']} / {result['load']['after']}"
+          + ("  (machine shared)" if result["load"]["shared"] else ""))
+    print(f"wrote {a.output}" + (f" and {a.markdown}" if a.markdown else ""))
+    return 0
+

@@ -1,0 +1,227 @@
+"""The benchmark and the speed paths: equivalence with the plain fp32 path, bf16 mask agreement, the bench JSON.
+
+No test here asserts a speed: timings on a shared 2-core machine are not test material.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from conftest import PYTHON, REPO, TINY
+from mcdrl.bench.fast import AutocastInferer, mask_dice
+from mcdrl.bench.models import build_network
+from mcdrl.bench.timing import ModuleTimer, interleaved
+from mcdrl.clip_backbone import CLIPVisualBackbone
+from mcdrl.dictionary import ConfounderDictionary
+from mcdrl.head import SegmentationHead
+from mcdrl.intervention import CausalIntervention
+from mcdrl.network import MCDRLNet
+from mcdrl.region_selection import RegionSelector
+
+HEADLINE_KEYS = ["forward_ratio_bs1", "forward_ratio_bs8", "train_step_ratio", "peak_rss_mb", "intervention_fraction"]
+
+
+def reference_head(head: SegmentationHead, grid: torch.Tensor) -> torch.Tensor:
+    """The decoder as first written: plain NCHW layout throughout (the unoptimised path)."""
+    return head.classifier(head.stages(head.dropout(head.proj(grid))))
+
+
+def reference_eval_forward(net: MCDRLNet, x: torch.Tensor) -> torch.Tensor:
+    """MCDRL eval forward composed step by step from the parts, with the reference (NCHW) decoder."""
+    s = net.image_size
+    xs = F.interpolate(x, size=[s, s], mode="bilinear", align_corners=False, antialias=True)
+    tokens = net.backbone.forward_dense(xs)
+    d = net.dictionary
+    idx, _ = net.selector(tokens, d.class_embeddings, d.background_embedding)
+    gather_idx = idx.unsqueeze(-1).expand(-1, -1, tokens.shape[-1])
+    f = net.intervention(torch.gather(tokens, 1, gather_idx), d.confounders)
+    tokens = tokens.scatter(1, gather_idx, f)
+    b, _, dim = tokens.shape
+    grid = tokens.transpose(1, 2).reshape(b, dim, net.grid_size, net.grid_size)
+    return F.interpolate(reference_head(net.head, grid), size=x.shape[-2:], mode="bilinear", align_corners=False)
+
+
+@pytest.mark.parametrize("size", [(64, 64), (96, 80)])
+def test_optimised_eval_forward_equals_reference_path(size):
+    net = build_network(TINY, heads=2, decoder_channels=(16, 8))
+    x = torch.rand(2, 3, *size, generator=torch.Generator().manual_seed(1))
+    with torch.inference_mode():
+        out, ref = net(x), reference_eval_forward(net, x)
+    assert out.shape == (2, 2, *size) and out.is_contiguous()
+    assert (out - ref).abs().max().item() <= 1e-4
+
+
+def test_channels_last_head_equals_nchw_head_forward_and_backward():
+    torch.manual_seed(0)
+    head = SegmentationHead(64, (32, 16, 8), dropout=0.0).train()
+    grid = torch.randn(2, 64, 7, 7, requires_grad=True)
+    out = head(grid)
+    out.square().mean().backward()
+    grads = [p.grad.clone() for p in head.parameters()] + [grid.grad.clone()]
+    head.zero_grad()
+    grid.grad = None
+    ref = reference_head(head, grid)
+    ref.square().mean().backward()
+    ref_grads = [p.grad for p in head.parameters()] + [grid.grad]
+    assert out.shape == (2, 2, 56, 56) and out.is_contiguous()
+    assert (out - ref).abs().max().item() <= 1e-4
+    assert max((g - r).abs().max().item() for g, r in zip(grads, ref_grads)) <= 1e-4
+
+
+def test_state_dict_keys_unchanged_by_benchmark_builds():
+    """The benchmark's networks are the bundle's: same key set as a network built part by part."""
+    net = build_network(TINY, heads=2, decoder_channels=(16, 8))
+    backbone = CLIPVisualBackbone(TINY, None)
+    d = backbone.embed_dim
+    plain = MCDRLNet(backbone, ConfounderDictionary(None, d), RegionSelector(0.5), CausalIntervention(d, 3, heads=2), SegmentationHead(d, (16, 8)))
+    assert list(net.state_dict()) == list(plain.state_dict())
+
+
+def _tiny_fitted_network(tmp_path):
+    """A small ViT with an 8x8 token grid (64 px, patch 8), fitted for 120 AdamW steps to 8 disc images.
+
+    A fitted network is needed for a meaningful mask comparison: random weights give near-tie logits everywhere.
+    """
+    import open_clip
+
+    from conftest import make_tiny_dataset
+
+    cfg = {
+        "embed_dim": 32,
+        "vision_cfg": {"image_size": 64, "layers": 2, "width": 32, "head_width": 16, "patch_size": 8, "mlp_ratio": 2.0, "pool_type": "avg"},
+        "text_cfg": {"context_length": 32, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
+    }
+    (tmp_path / "cfg").mkdir()
+    (tmp_path / "cfg" / "mcdrl-bench-test-p8.json").write_text(json.dumps(cfg))
+    open_clip.add_model_config(tmp_path / "cfg")
+    net = build_network("mcdrl-bench-test-p8", heads=2, decoder_channels=(16, 8))
+    from PIL import Image
+
+    datalist = json.loads(make_tiny_dataset(tmp_path / "data").read_text())
+    entries = datalist["training"] + datalist["validation"]
+    x = torch.stack([torch.from_numpy(np.array(Image.open(tmp_path / "data" / e["image"]))).permute(2, 0, 1).float() / 255 for e in entries])
+    y = torch.stack([torch.from_numpy(np.array(Image.open(tmp_path / "data" / e["label"]))).long() for e in entries])
+    opt = torch.optim.AdamW(net.parameters(), lr=3e-3)
+    net.train()
+    for _ in range(120):
+        opt.zero_grad()
+        F.cross_entropy(net(x)["pred"], y).backward()
+        opt.step()
+    return net.eval(), x, y
+
+
+def test_bf16_autocast_masks_stay_within_one_percent_dice_of_fp32(tmp_path):
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # small ops: one thread is faster and immune to other jobs on a shared machine
+    try:
+        torch.manual_seed(0)
+        net, x, y = _tiny_fitted_network(tmp_path)
+        with torch.inference_mode():
+            fp32 = net(x)
+            bf16 = AutocastInferer("bfloat16")(x, net)
+    finally:
+        torch.set_num_threads(threads)
+    assert bf16.dtype == torch.float32 and bf16.shape == fp32.shape
+    truth = F.one_hot(y, 2).permute(0, 3, 1, 2).float()
+    dice_fp32, dice_bf16 = mask_dice(fp32, truth).mean().item(), mask_dice(bf16, truth).mean().item()
+    assert dice_fp32 >= 0.9, f"the network did not fit (Dice {dice_fp32:.3f}); the comparison would be meaningless"
+    assert abs(dice_bf16 - dice_fp32) <= 0.01, (dice_fp32, dice_bf16)
+    agreement = mask_dice(fp32, bf16)
+    assert agreement.mean().item() >= 0.99, agreement.tolist()
+    assert not torch.equal(fp32, bf16)  # bf16 really ran
+
+
+def test_autocast_inferer_switches_and_refuses_fp16_on_cpu():
+    net = build_network(TINY, heads=2, decoder_channels=(16, 8))
+    x = torch.rand(1, 3, 64, 64)
+    with torch.inference_mode():
+        assert torch.equal(AutocastInferer(enabled=False)(x, net), net(x))
+        with pytest.raises(ValueError, match="bfloat16 on CPU"):
+            AutocastInferer("float16")(x, net)
+    with pytest.raises(ValueError, match="bfloat16 or float16"):
+        AutocastInferer("float32")
+
+
+def test_mask_dice_conventions():
+    empty = torch.zeros(1, 2, 4, 4)
+    empty[:, 0] = 1.0  # background wins everywhere
+    full = torch.zeros(1, 2, 4, 4)
+    full[:, 1] = 1.0
+    assert mask_dice(empty, empty).item() == 1.0
+    assert mask_dice(empty, full).item() == 0.0
+    half = empty.clone()
+    half[:, 1, :2] = 2.0  # 8 of 16 pixels foreground
+    assert mask_dice(half, full).item() == pytest.approx(2 * 8 / (8 + 16))
+
+
+def test_interleaved_timer_and_module_timer_count_real_calls():
+    net = build_network(TINY, heads=2, decoder_channels=(16, 8))
+    x = torch.rand(1, 3, 64, 64)
+    calls = {"a": 0, "b": 0}
+
+    def bump(k):
+        calls[k] += 1
+
+    t = interleaved({"a": lambda: bump("a"), "b": lambda: bump("b")}, repeats=3, warmup=1)
+    assert calls == {"a": 4, "b": 4} and t["a"]["repeats"] == 3 and t["a"]["median_ms"] >= 0
+    timer = ModuleTimer({"intervention": net.intervention, "head": net.head})
+    with torch.inference_mode(), timer.active():
+        net(x)
+        net.use_intervention = False
+        net(x)
+    assert timer.calls == {"intervention": 1, "head": 2}
+    assert timer.total_ms["intervention"] > 0
+    net.intervention(torch.rand(1, 8, 32), net.dictionary.confounders)  # hooks are removed afterwards
+    assert timer.calls["intervention"] == 1
+
+
+def test_quick_benchmark_writes_json_and_markdown(tmp_path):
+    out, md = tmp_path / "bench.json", tmp_path / "bench.md"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.run(
+        [PYTHON, "-m", "mcdrl.bench", "--quick", "--output", str(out), "--markdown", str(md)],
+        cwd=tmp_path, capture_output=True, text=True, timeout=600, env=env,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(out.read_text())
+    for key in HEADLINE_KEYS:
+        assert isinstance(result[key], float) and np.isfinite(result[key]) and result[key] > 0, key
+        assert set(result["targets"][key]) >= {"target", "value", "met"}
+    assert 0 < result["intervention_fraction"] < 1
+    m = result["machine"]
+    assert m["logical_cores"] >= 1 and m["torch"] == torch.__version__ and m["torch_threads"] >= 1
+    assert len(result["load"]["before"]) == 3 and isinstance(result["load"]["shared"], bool)
+    assert {(r["batch"], r["input_size"]) for r in result["forward"]} == {(1, 64), (1, 128), (2, 64), (2, 128)}
+    assert result["rss"]["peak_rss_mb"] >= result["rss"]["rss_after_import_mb"] > 0
+    assert result["profile"]["top"] and result["profile"]["top"][0]["self_ms_per_forward"] > 0
+    assert result["bf16"]["mask_dice_min"] <= 1.0
+    assert "images_per_s" in result["folder_inference"]
+    text = md.read_text()
+    assert "| model | batch | input |" in text and "forward_ratio_bs1" in text
+    assert "forward_ratio_bs1" in proc.stdout  # the ratios are printed too
+
+
+def test_bench_refuses_cuda_without_a_gpu(capsys):
+    from mcdrl.bench.cli import parse_args
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    with pytest.raises(SystemExit):
+        parse_args(["--device", "cuda", "--quick"])
+    assert "no CUDA device" in capsys.readouterr().err
+
+
+def test_bench_defaults_write_into_the_bundle_docs():
+    from mcdrl.bench.cli import parse_args
+
+    a = parse_args([])
+    assert a.output == str(REPO / "bundle" / "docs" / "results" / "bench.json")
+    assert a.models == ["mcdrl-demo-vit", "ViT-B-16"] and a.main_model == "ViT-B-16" and a.batches == [1, 8] and a.large_size == 512

@@ -138,17 +138,19 @@ class CLIPVisualBackbone(nn.Module):
         weights_path: local weights file or folder, or None (random init; weights then come from a state_dict).
         readout: ``"maskclip"`` (value path, default) or ``"proj"`` (plain patch projection). ResNets always use
             the attnpool v/c projections.
+        clip: an already-built open_clip model to wrap instead of building one (its visual tower is shared, e.g.
+            by the CLIP pretraining, which trains through this read-out).
 
     Shapes:
         input ``x``: (B, 3, S, S) with S = ``image_size``, values in [0, 1].
         ``forward(x)`` returns dense (B, d, h, w) and global (B, d), h = w = ``grid_size``.
     """
 
-    def __init__(self, model_name: str, weights_path: str | os.PathLike | None = None, readout: str = "maskclip"):
+    def __init__(self, model_name: str, weights_path: str | os.PathLike | None = None, readout: str = "maskclip", clip: nn.Module | None = None):
         super().__init__()
         if readout not in ("maskclip", "proj"):
-            raise ValueError(f"readout must be 'maskclip' or 'proj', got {readout!r}")
-        clip = create_clip(model_name, weights_path)
+            raise ConfigError(f"readout must be 'maskclip' or 'proj', got {readout!r}")
+        clip = clip if clip is not None else create_clip(model_name, weights_path)
         self.model_name = model_name
         self.weights_sha256 = weights_sha256(resolve_weights(weights_path))
         self.readout = readout

@@ -59,6 +59,23 @@ def test_optimised_eval_forward_equals_reference_path(size):
     assert (out - ref).abs().max().item() <= 1e-4
 
 
+@pytest.mark.parametrize("use_intervention", [True, False])
+def test_one_pass_predict_with_confounders_equals_two_pass_reference(use_intervention):
+    """predict_with_confounders runs the intervention once; it must equal the eval forward and the weights read by
+    a separate confounder_weights pass (the unoptimised path)."""
+    net = build_network(TINY, heads=2, decoder_channels=(16, 8), use_intervention=use_intervention)
+    x = torch.rand(3, 3, 72, 64, generator=torch.Generator().manual_seed(2))
+    with torch.inference_mode():
+        logits, weights = net.predict_with_confounders(x)
+        ref = reference_eval_forward(net, x) if use_intervention else net(x)
+        tokens = net.backbone.forward_dense(net._resize_in(x))
+        idx, _ = net.selector(tokens, net.dictionary.class_embeddings, net.dictionary.background_embedding)
+        f = torch.gather(tokens, 1, idx.unsqueeze(-1).expand(-1, -1, tokens.shape[-1]))
+        ref_w = net.intervention.confounder_weights(f, net.dictionary.confounders) if use_intervention else torch.full((3, 12), 1 / 12)
+    assert (logits - ref).abs().max().item() <= 1e-4
+    assert weights.shape == (3, 12) and (weights - ref_w).abs().max().item() <= 1e-4
+
+
 def test_channels_last_head_equals_nchw_head_forward_and_backward():
     torch.manual_seed(0)
     head = SegmentationHead(64, (32, 16, 8), dropout=0.0).train()

@@ -77,6 +77,7 @@ class CausalIntervention(nn.Module):
         forward: F (B, N, d), Z (M, d) -> F_ca (B, N, d).
         confounder_weights: F (B, N, d), Z (M, d) -> (B, M), the last layer's attention averaged over heads and
         regions: which confounders the model attends to for each image.
+        forward_with_weights: both of the above from one pass.
     """
 
     def __init__(self, dim: int, depth: int = 3, heads: int = 8, mlp_ratio: float = 4.0, dropout: float = 0.0):
@@ -95,3 +96,11 @@ class CausalIntervention(nn.Module):
         for layer in self.layers[:-1]:
             f = layer(f, z)
         return self.layers[-1].attention_weights(f, z).mean(dim=(1, 2))
+
+    @torch.jit.unused
+    def forward_with_weights(self, f: torch.Tensor, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(forward(f, z), confounder_weights(f, z))`` in one pass over the layers: F_ca (B, N, d), weights (B, M)."""
+        for layer in self.layers[:-1]:
+            f = layer(f, z)
+        last = self.layers[-1]
+        return last(f, z), last.attention_weights(f, z).mean(dim=(1, 2))

@@ -134,13 +134,13 @@ class MCDRLNet(nn.Module):
         size = x.shape[-2:]
         tokens = self.backbone.forward_dense(self._resize_in(x))
         z = self.dictionary.confounders
-        if self.applies_intervention:
+        if self.applies_intervention:  # one pass of the intervention gives F_ca and the weights (== forward's logits)
             idx, _ = self.selector(tokens, self.dictionary.class_embeddings, self.dictionary.background_embedding)
-            f = torch.gather(tokens, 1, idx.unsqueeze(-1).expand(-1, -1, tokens.shape[-1]))
-            weights = self.intervention.confounder_weights(f, z.to(f.dtype))
+            gather_idx = idx.unsqueeze(-1).expand(-1, -1, tokens.shape[-1])
+            f, weights = self.intervention.forward_with_weights(torch.gather(tokens, 1, gather_idx), z.to(tokens.dtype))
+            tokens = tokens.scatter(1, gather_idx, f)
         else:
-            weights = torch.full((x.shape[0], z.shape[0]), 1.0 / z.shape[0])
-        tokens, _, _ = self._regions(tokens)
+            weights = torch.full((x.shape[0], z.shape[0]), 1.0 / z.shape[0], device=x.device)
         return self._decode(tokens, size), weights
 
     @property

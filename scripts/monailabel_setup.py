@@ -1,0 +1,270 @@
+#!/usr/bin/env python3
+"""MONAI Label support: a separate virtual environment, and a monaibundle app that serves our bundle.
+
+    python3 scripts/monailabel_setup.py env                 # make monailabel-env
+    python3 scripts/monailabel_setup.py app [--output DIR]  # make monailabel-app (builds the env first if needed)
+
+``env`` builds ``.venv-monailabel`` with monailabel 0.8.5 and its pins (pydicom<3, numpy 1.26), then installs our
+package with ``--no-deps`` (so it cannot pull pydicom 3, numpy 2 or highdicom), runs ``pip check`` and checks that
+every ``mcdrl`` module imports there without highdicom. Idempotent: a stamp file records the pins (and this
+checkout) of a finished build. Measured on the 2-core build machine: about 9 minutes and 8 GB the first time (pip
+resolves the CUDA build of torch 2.14.1 with its NVIDIA wheels; it runs on the CPU as well).
+
+``app`` copies the monaibundle sample app out of the installed wheel (offline), places the bundle as
+``<app>/model/<name>`` (the name must contain "segmentation": MONAI Label infers the task type from it), and prints
+the exact ``start_server`` command (127.0.0.1, offline switches ``zoo_source ngc`` and ``sam2 false``). Two
+adaptations for MONAI Label, both in the app's copies only: the app class gets
+:class:`mcdrl.monailabel_support.ClientErrorMessages` (failed requests answer an HTTP error with a message), and the
+copied train.json starts every /train as a new fine-tuning run (see :func:`adapt_train_config`).
+
+Standard library only, so it runs with any Python 3.10+ before any venv exists. Environment variables:
+``MONAILABEL_VENV`` (default ``<repo>/.venv-monailabel``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_VENV = Path(os.environ.get("MONAILABEL_VENV", REPO / ".venv-monailabel"))
+DEFAULT_OUTPUT = REPO / "build" / "monailabel"
+DEFAULT_MODEL = "mcdrl_segmentation"
+
+#: The pinned set (../shared/design/environment.md). torch and torchvision are a matched pair and are installed in
+#: the same pip call as open_clip, so that pip cannot swap torch. monailabel 0.8.5 crashes with pydicom 3.
+PINS = [
+    "torch==2.14.1", "torchvision==0.29.1", "monai==1.6.1", "pydicom<3", "pynetdicom<3", "dicomweb-client<0.60",
+    "itk", "monailabel==0.8.5", "open_clip_torch==3.3.0", "safetensors",
+]
+STAMP_NAME = ".mcdrl-monailabel-ready"
+
+#: What must hold inside the venv: our package imports (pydicom 2, numpy 1) and pulls in no highdicom.
+IMPORT_CHECK = r"""
+import pkgutil, sys
+import monai, monailabel, numpy, pydicom, torch
+import mcdrl
+names = [m.name for m in pkgutil.walk_packages(mcdrl.__path__, "mcdrl.") if not m.name.endswith("__main__")]
+for name in names:
+    __import__(name)
+assert numpy.__version__.startswith("1."), "numpy " + numpy.__version__
+assert pydicom.__version__.startswith("2."), "pydicom " + pydicom.__version__
+assert "highdicom" not in sys.modules, "mcdrl imported highdicom at import time"
+print(f"monailabel {monailabel.__version__}, monai {monai.__version__}, torch {torch.__version__}, "
+      f"numpy {numpy.__version__}, pydicom {pydicom.__version__}: all {len(names)} mcdrl modules import, highdicom not loaded")
+"""
+
+#: Files of the bundle folder that never go into the app (run outputs, MONAI Label's own multi-GPU config).
+COPY_IGNORE = ("runs", "eval", "__pycache__", "*.pyc", "monailabel_train.json", ".ipynb_checkpoints")
+
+
+def venv_python(venv: Path) -> Path:
+    return venv / "bin" / "python"
+
+
+def _run(cmd: list, **kw) -> None:
+    shown = [c if i == 0 or str(cmd[i - 1]) != "-c" else "<import check>" for i, c in enumerate(cmd)]
+    print("+", " ".join(shlex.quote(str(c)) for c in shown), flush=True)
+    subprocess.run([str(c) for c in cmd], check=True, **kw)
+
+
+def _stamp_lines() -> list[str]:
+    return [*PINS, f"mcdrl-editable={REPO}"]
+
+
+def env_ready(venv: Path = DEFAULT_VENV) -> bool:
+    """True when a finished build with the current pins, with mcdrl installed from this checkout, is at ``venv``."""
+    stamp = Path(venv) / STAMP_NAME
+    return venv_python(Path(venv)).exists() and stamp.is_file() and stamp.read_text().split("\n")[:-1] == _stamp_lines()
+
+
+def _pip(cmd: list, env: dict) -> None:
+    """Run pip, dropping its 'WARNING: Location ... is ignored' lines about local indexes that lack a package."""
+    print("+", " ".join(shlex.quote(str(c)) for c in cmd), flush=True)
+    proc = subprocess.run([str(c) for c in cmd], env=env, stderr=subprocess.PIPE, text=True)
+    err = "".join(line for line in proc.stderr.splitlines(keepends=True) if not line.startswith("WARNING: Location"))
+    sys.stderr.write(err)
+    if proc.returncode:
+        raise subprocess.CalledProcessError(proc.returncode, cmd, stderr=err)
+
+
+def build_env(venv: Path = DEFAULT_VENV, force: bool = False) -> Path:
+    """Create (or complete) the MONAI Label venv; returns its python. About 9 min and 8 GB the first time."""
+    venv = Path(venv)
+    if env_ready(venv) and not force:
+        print(f"monailabel env ready: {venv}")
+        return venv_python(venv)
+    (venv / STAMP_NAME).unlink(missing_ok=True)
+    env = {**os.environ, "PIP_DISABLE_PIP_VERSION_CHECK": "1", "HF_HUB_OFFLINE": "1"}
+    if not venv_python(venv).exists():
+        _run([sys.executable, "-m", "venv", venv])
+    py = venv_python(venv)
+    _pip([py, "-m", "pip", "install", "--quiet", *PINS], env=env)
+    # Our package last and without dependencies: its own requirements (pydicom 3, highdicom) must not come in.
+    _pip([py, "-m", "pip", "install", "--quiet", "--no-deps", "-e", REPO], env=env)
+    _run([py, "-m", "pip", "check"], env=env)
+    _run([py, "-c", IMPORT_CHECK], env=env, cwd=tempfile.gettempdir())
+    tmp = venv / (STAMP_NAME + ".tmp")
+    tmp.write_text("\n".join(_stamp_lines()) + "\n")
+    os.replace(tmp, venv / STAMP_NAME)
+    print(f"monailabel env ready: {venv}")
+    return py
+
+
+def start_command(python: Path, app: Path, studies: str | Path, model: str, port: int = 8000) -> list[str]:
+    """The exact offline ``start_server`` command line for ``app`` serving ``model``."""
+    return [
+        str(python), "-m", "monailabel.main", "start_server", "--app", str(app), "--studies", str(studies),
+        "--conf", "models", model, "--conf", "zoo_source", "ngc", "--conf", "sam2", "false",
+        "--host", "127.0.0.1", "--port", str(port),
+    ]
+
+
+def place_bundle(bundle: Path, app: Path, model: str = DEFAULT_MODEL) -> Path:
+    """Copy ``bundle`` to ``<app>/model/<model>`` (replacing an older copy via a temporary folder); returns it.
+
+    Raises:
+        ValueError: ``model`` lacks "segmentation", or the bundle has no configs/inference.json or metadata.json.
+    """
+    bundle, app = Path(bundle).resolve(), Path(app)
+    if "segmentation" not in model:
+        raise ValueError(f"bundle folder name {model!r} must contain 'segmentation' (MONAI Label infers the task from it)")
+    for f in ("configs/inference.json", "configs/metadata.json", "configs/train.json"):
+        if not (bundle / f).is_file():
+            raise ValueError(f"{bundle} is not a bundle folder: {f} is missing")
+    dest = app / "model" / model
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_name(dest.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(bundle, tmp, ignore=shutil.ignore_patterns(*COPY_IGNORE))
+    for change in adapt_train_config(tmp / "configs" / "train.json"):
+        print(f"{dest.name}/configs/train.json: {change}")
+    shutil.rmtree(dest, ignore_errors=True)
+    os.replace(tmp, dest)
+    return dest
+
+
+def adapt_train_config(path: Path) -> list[str]:
+    """Make the app's copy of train.json fit MONAI Label, where every /train is a new fine-tuning run of models/model.pt.
+
+    * ``resume``: false. With ``"auto"`` a second /train would resume the first run's finished checkpoint and train
+      nothing (or fail when it asks for fewer epochs than were done), leaving model.pt unchanged.
+    * ``displayable_configs#causal_start_epoch``: 0, so that fine-tuning a trained model keeps the causal
+      intervention on from the first epoch (the paper's 10 warm-up epochs are for training from scratch); it stays
+      an option in the training panel.
+
+    The shipped bundle keeps its defaults for the command line. Returns what was changed.
+    """
+    config = json.loads(path.read_text())
+    changes = []
+    if "resume" in config and config["resume"] is not False:
+        changes.append(f"resume {config['resume']!r} -> false (each MONAI Label /train is a new run)")
+        config["resume"] = False
+    display = config.get("displayable_configs", {})
+    if display.get("causal_start_epoch", 0) != 0:
+        changes.append(f"displayable_configs#causal_start_epoch {display['causal_start_epoch']} -> 0 (fine-tuning)")
+        display["causal_start_epoch"] = 0
+    if changes:
+        path.write_text(json.dumps(config, indent=4) + "\n")
+    return changes
+
+
+def bundle_warnings(dest: Path) -> list[str]:
+    """What would make MONAI Label skip or misuse the placed bundle."""
+    out = []
+    pts = sorted(p.name for p in (dest / "models").glob("*.pt"))
+    if "model.pt" not in pts:
+        out.append(f"{dest}/models/model.pt is missing: MONAI Label skips a bundle without weights (train the bundle, or copy model.pt there)")
+    if len(pts) > 1:
+        out.append(f"{dest}/models holds several .pt files {pts}: MONAI Label lists each as a model choice; keep only model.pt")
+    if not (dest / "models" / "confounder_dictionary.safetensors").is_file():
+        out.append(f"{dest}/models/confounder_dictionary.safetensors is missing: run the dictionary workflow first")
+    clip = json.loads((dest / "configs" / "train.json").read_text()).get("clip_weights")
+    marker = "@bundle_root + '"
+    if isinstance(clip, str) and marker in clip:
+        rel = clip.split(marker, 1)[1].split("'")[0].lstrip("/")
+        if not (dest / rel).is_file():
+            out.append(f"{dest}/{rel} is missing: /train builds the network with these CLIP weights (inference does not need them)")
+    return out
+
+
+APP_CLASS = "class MyApp(MONAILabelApp):"
+PATCHED_APP_CLASS = "class MyApp(ClientErrorMessages, MONAILabelApp):"
+PATCH_IMPORT = "from mcdrl.monailabel_support import ClientErrorMessages  # added by scripts/monailabel_setup.py\n"
+
+
+def patch_app(app: Path) -> None:
+    """Mix :class:`mcdrl.monailabel_support.ClientErrorMessages` into the sample app's class, so that a failed
+    /infer answers with an HTTP error that says why (MONAI Label 0.8.5 alone answers a bare 500). Idempotent.
+
+    Raises:
+        ValueError: the app's main.py is not the monaibundle app of monailabel 0.8.5 (the class line is missing).
+    """
+    main = Path(app) / "main.py"
+    text = main.read_text()
+    if PATCHED_APP_CLASS in text:
+        return
+    if text.count(APP_CLASS) != 1:
+        raise ValueError(f"{main}: expected one line {APP_CLASS!r} (the monaibundle app of monailabel 0.8.5)")
+    text = text.replace(APP_CLASS, PATCHED_APP_CLASS).replace("\nlogger = logging.getLogger(__name__)\n", "\n" + PATCH_IMPORT + "\nlogger = logging.getLogger(__name__)\n", 1)
+    if PATCH_IMPORT not in text:
+        raise ValueError(f"{main}: could not place the import of ClientErrorMessages")
+    tmp = main.with_suffix(".py.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, main)
+
+
+def make_app(output: Path = DEFAULT_OUTPUT, bundle: Path = REPO / "bundle", model: str = DEFAULT_MODEL,
+             venv: Path = DEFAULT_VENV, studies: str = "<studies folder>", port: int = 8000) -> tuple[Path, list[str]]:
+    """Fetch the monaibundle app (offline, from the installed wheel) into ``output`` and place the bundle in it.
+
+    Returns:
+        (the app folder ``<output>/monaibundle``, the start_server command).
+    """
+    py = build_env(venv)
+    output = Path(output).resolve()
+    app = output / "monaibundle"
+    if not (app / "main.py").is_file():
+        _run([py, "-m", "monailabel.main", "apps", "--download", "--name", "monaibundle", "--output", output])
+    patch_app(app)
+    dest = place_bundle(bundle, app, model)
+    for w in bundle_warnings(dest):
+        print("WARNING:", w, file=sys.stderr)
+    return app, start_command(py, app, studies, model, port)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--venv", type=Path, default=DEFAULT_VENV, help="the MONAI Label virtual environment")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    e = sub.add_parser("env", help="build the MONAI Label venv (idempotent)")
+    e.add_argument("--force", action="store_true", help="reinstall even if the venv is ready")
+    a = sub.add_parser("app", help="build the monaibundle app holding our bundle; prints the start command")
+    a.add_argument("--output", type=Path, default=DEFAULT_OUTPUT, help="the app goes to OUTPUT/monaibundle")
+    a.add_argument("--bundle", type=Path, default=REPO / "bundle")
+    a.add_argument("--name", default=DEFAULT_MODEL, help="bundle folder name under <app>/model (must contain 'segmentation')")
+    a.add_argument("--studies", default="<studies folder>", help="the images folder to print in the command")
+    a.add_argument("--port", type=int, default=8000)
+    args = ap.parse_args(argv)
+    try:
+        if args.cmd == "env":
+            build_env(args.venv, force=args.force)
+        else:
+            app, cmd = make_app(args.output, args.bundle, args.name, args.venv, args.studies, args.port)
+            print(f"monaibundle app: {app}\nbundle: {app / 'model' / args.name}\nstart the server with:")
+            print("  HF_HUB_OFFLINE=1 " + " ".join(shlex.quote(c) for c in cmd))
+    except (ValueError, subprocess.CalledProcessError) as ex:
+        print(f"error: {ex}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

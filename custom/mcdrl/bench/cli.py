@@ -130,7 +130,10 @@ def run(a: argparse.Namespace, argv: list[str]) -> dict:
         if a.compile:
             log("option: torch.compile")
             compiled = runner.compile_check(a.main_model, 1, max(2, a.repeats // 2), a.device)
-        folder = runner.folder_throughput()
+        folder_model = QUICK_MODEL if a.quick else "mcdrl-demo-vit"
+        log(f"folder inference throughput: {folder_model}")
+        folder = runner.folder_throughput(folder_model, n_images=4 if a.quick else 16, batch=2 if a.quick else 8,
+                                          rounds=1 if a.quick else 2, device=a.device)
     load_after = load_average()
     cores = machine_info(a.device)["usable_cores"] or 1
     peak = max([load_before[0], load_after[0], *sampler.samples])

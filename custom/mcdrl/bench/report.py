@@ -123,7 +123,8 @@ def to_markdown(result: dict) -> str:
     else:
         lines.append("- torch.compile: not measured in this run (`--compile`).")
     f = result["folder_inference"]
-    lines.append(f"- folder inference throughput: {_fmt(f['images_per_s'])} images/s — {f['note']}")
+    extra = f" (bare `net(x)` on the same batches: {_fmt(f['bare_forward_images_per_s'])} images/s, ratio {_fmt(f['folder_over_bare'], 2)})" if f.get("bare_forward_images_per_s") else ""
+    lines.append(f"- folder inference throughput: {_fmt(f['images_per_s'])} images/s{extra} — {f['note']}")
     lines += ["", "## Machine", "", "```", json.dumps(result["machine"], indent=1), "```", ""]
     return "\n".join(lines)
 

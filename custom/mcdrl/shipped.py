@@ -53,3 +53,28 @@ def verify_shipped(bundle_root: str | os.PathLike, paths: list[str] | None = Non
             raise InputFileError(f"shipped file {path} is corrupt or was replaced (sha256 {got[:12]}..., expected {entry['hash_val'][:12]}...). Restore it from git or regenerate it: {REGENERATE}")
         verified.append(path)
     return verified
+
+
+#: the files the bundle ships (relative to the bundle root): all that inference needs, plus the demo CLIP
+SHIPPED_FILES = ["models/model.pt", "models/confounder_dictionary.safetensors", "models/clip/mcdrl-demo-vit.safetensors"]
+
+
+def write_manifest(bundle_root: str | os.PathLike, files: list[str] = SHIPPED_FILES) -> Path:
+    """(Re)write ``large_files.yml`` with the sha256 of every shipped file that exists."""
+    from .utils import atomic_path
+
+    root = Path(bundle_root)
+    entries = [{"path": f, "url": "", "hash_val": sha256_file(root / f), "hash_type": "sha256"} for f in files if (root / f).is_file()]
+    header = "# Shipped binaries and their sha256. url is empty: they live in git; `make regenerate` rebuilds them.\n"
+    with atomic_path(root / "large_files.yml") as tmp:
+        Path(tmp).write_text(header + yaml.safe_dump({"large_files": entries}, sort_keys=False))
+    return root / "large_files.yml"
+
+
+if __name__ == "__main__":
+    import sys
+
+    from .paths import default_bundle_root
+
+    target = sys.argv[1] if len(sys.argv) > 1 else default_bundle_root()
+    print(write_manifest(target).read_text())

@@ -68,14 +68,16 @@ def load_weights(network: torch.nn.Module, path: str | os.PathLike, device: str 
 
 
 def _argmax_channels(logits: torch.Tensor) -> torch.Tensor:
-    """(B, C, H, W) -> (B, H, W) uint8 argmax over C (ties -> the lower index, like ``argmax``).
+    """(B, C, H, W) logits -> (B, H, W) uint8 label map, exactly as the bundle's postprocessing (softmax, then argmax;
+    ties -> the lower index).
 
-    For the 2-class head this is one comparison: ``argmax(dim=1)`` reduces over a strided axis of size 2 and costs
-    ~150 ms per 8 x 256 x 256 batch on one CPU thread, 3x the tiny test network itself.
+    For the 2-class head the argmax is one comparison of the softmax channels: ``argmax(dim=1)`` reduces over a
+    strided axis of size 2 and costs ~150 ms per 8 x 256 x 256 batch on one CPU thread, 3x the tiny network itself.
     """
-    if logits.shape[1] == 2:
-        return (logits[:, 1] > logits[:, 0]).to(torch.uint8)
-    return logits.argmax(dim=1).to(torch.uint8)
+    p = torch.softmax(logits.float(), dim=1)
+    if p.shape[1] == 2:
+        return (p[:, 1] > p[:, 0]).to(torch.uint8)
+    return p.argmax(dim=1).to(torch.uint8)
 
 
 @dataclass

@@ -189,8 +189,9 @@ def test_same_seed_gives_identical_weights(runs):
 
 
 # ---- in-process unit checks of the handler's decisions (real ignite engine, a small network) ---------------------------
-def _engine_and_handler(tmp_path: Path, resume="auto", hidden: int = 4, metrics: Path | None = None):
-    from ignite.engine import Engine
+def _engine_and_handler(tmp_path: Path, resume="auto", hidden: int = 4, metrics: Path | None = None, key_metric: list | None = None):
+    from ignite.engine import Engine, Events
+    from monai.handlers import CheckpointSaver
 
     from mcdrl.checkpointing import ResumableCheckpointer
 
@@ -206,7 +207,13 @@ def _engine_and_handler(tmp_path: Path, resume="auto", hidden: int = 4, metrics:
         return float(loss.detach())
 
     engine = Engine(step)
-    handler = ResumableCheckpointer(tmp_path / "checkpoints", net, opt, resume=resume, metrics_files=[metrics] if metrics else [])
+    savers = []
+    if key_metric is not None:  # the bundle's best-model saver: model.pt replaced only by a better metric
+        engine.add_event_handler(Events.EPOCH_COMPLETED, lambda e: e.state.metrics.update(m=key_metric[e.state.epoch - 1]))
+        savers.append(CheckpointSaver(save_dir=str(tmp_path / "models"), save_dict={"model": net}, save_key_metric=True,
+                                      key_metric_name="m", key_metric_filename="model.pt"))
+        savers[0].attach(engine)
+    handler = ResumableCheckpointer(tmp_path / "checkpoints", net, opt, resume=resume, metrics_files=[metrics] if metrics else [], key_metric_savers=savers)
     handler.attach(engine)
     return engine, handler, net
 
@@ -248,3 +255,22 @@ def test_fresh_start_moves_old_run_aside_and_resume_trims_metrics(tmp_path):
     engine4, _, _ = _engine_and_handler(tmp_path, hidden=5)
     with pytest.raises(ValueError, match=r"0\.weight: checkpoint shape/dtype \[\[4, 3\], 'float32'\], this network \[\[5, 3\], 'float32'\]"):
         engine4.run([torch.rand(2, 3)] * 2, max_epochs=2)
+
+
+def test_best_model_tracking_survives_resume(tmp_path, caplog):
+    metric = [0.5, 0.9, 0.7]  # the best model is epoch 2's; epoch 3 must not replace it after a resume
+    engine, _, net = _engine_and_handler(tmp_path, key_metric=metric)
+    engine.run([torch.rand(2, 3)] * 2, max_epochs=2)
+    best = {k: v.clone() for k, v in net.state_dict().items()}
+    engine2, handler2, net2 = _engine_and_handler(tmp_path, key_metric=metric)
+    engine2.run([torch.rand(2, 3)] * 2, max_epochs=3)
+    assert handler2.resumed_from.name == "checkpoint_epoch0002.pt"
+    _assert_same_tensors(torch.load(tmp_path / "models" / "model.pt", weights_only=True), best)
+    # model.pt lost (a kill while MONAI rewrote it): forgotten with a warning, the next validation writes it again
+    (tmp_path / "models" / "model.pt").unlink()
+    (tmp_path / "checkpoints" / "checkpoint_epoch0003.pt").unlink()
+    engine3, _, net3 = _engine_and_handler(tmp_path, key_metric=metric)
+    with caplog.at_level("WARNING", logger="mcdrl.checkpointing"):
+        engine3.run([torch.rand(2, 3)] * 2, max_epochs=3)
+    assert "best-metric model file(s)" in caplog.text and "model.pt" in caplog.text
+    _assert_same_tensors(torch.load(tmp_path / "models" / "model.pt", weights_only=True), net3.state_dict())

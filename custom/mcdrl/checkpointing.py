@@ -293,10 +293,10 @@ class ResumableCheckpointer:
             self.validator.state.best_metric_epoch = ckpt["validator"]["best_metric_epoch"]
         for saver, saved in zip(self.key_metric_savers, ckpt.get("key_metric_savers", [])):
             # a best model whose file is gone (killed while MONAI rewrote it) is forgotten: the next validation rewrites it
-            kept = [(float(p), str(f)) for p, f in saved if (Path(saver.save_dir) / str(f)).is_file()]
+            kept = [(float(p), str(f)) for p, f in saved if self._saved_file(saver, str(f)).is_file()]
             if len(kept) < len(saved) and _rank() == 0:
-                logger.warning("best-metric model file(s) %s missing in %s; the next validation writes a new one",
-                               [f for _, f in saved if (f not in {x for _, x in kept})], saver.save_dir)
+                logger.warning("best-metric model file(s) %s missing; the next validation writes a new one",
+                               [str(self._saved_file(saver, str(f))) for q, f in saved if (float(q), str(f)) not in kept])
             saver.load_state_dict({"_saved": kept})
         self._restore_intervention(net, epoch, ckpt["intervention"])
         rng = ckpt["rng"]
@@ -313,6 +313,13 @@ class ResumableCheckpointer:
                         "Raise max_epochs to train on, or pass --resume false to start over.", path, epoch, max_epochs)
         else:
             logger.info("resumed from %s: epoch %d (iteration %d) done, continuing with epoch %d of %s", path, epoch, engine.state.iteration, epoch + 1, max_epochs)
+
+    @staticmethod
+    def _saved_file(saver, name: str) -> Path:
+        """The file a key-metric saver wrote for a ``_saved`` entry: MONAI's fixed ``key_metric_filename`` (model.pt)
+        replaces ignite's generated name."""
+        handler = getattr(saver._key_metric_checkpoint, "save_handler", None)
+        return Path(getattr(handler, "dirname", saver.save_dir)) / (getattr(handler, "filename", None) or name)
 
     def _restore_trainer(self, engine: Engine, path: Path, ckpt: dict) -> None:
         epoch, iteration = int(ckpt["epoch"]), int(ckpt["iteration"])

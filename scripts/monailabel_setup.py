@@ -14,8 +14,9 @@ resolves the CUDA build of torch 2.14.1 with its NVIDIA wheels; it runs on the C
 ``<app>/model/<name>`` (the name must contain "segmentation": MONAI Label infers the task type from it), and prints
 the exact ``start_server`` command (127.0.0.1, offline switches ``zoo_source ngc`` and ``sam2 false``). Two
 adaptations for MONAI Label, both in the app's copies only: the app class gets
-:class:`mcdrl.monailabel_support.ClientErrorMessages` (failed requests answer an HTTP error with a message), and the
-copied train.json starts every /train as a new fine-tuning run (see :func:`adapt_train_config`).
+:class:`mcdrl.monailabel_support.ClientFriendlyApp` (failed requests answer an HTTP error with a message; /train
+requests may omit the bundle's options), and the copied train.json starts every /train as a new fine-tuning run
+(see :func:`adapt_train_config`).
 
 Standard library only, so it runs with any Python 3.10+ before any venv exists. Environment variables:
 ``MONAILABEL_VENV`` (default ``<repo>/.venv-monailabel``).
@@ -196,13 +197,14 @@ def bundle_warnings(dest: Path) -> list[str]:
 
 
 APP_CLASS = "class MyApp(MONAILabelApp):"
-PATCHED_APP_CLASS = "class MyApp(ClientErrorMessages, MONAILabelApp):"
-PATCH_IMPORT = "from mcdrl.monailabel_support import ClientErrorMessages  # added by scripts/monailabel_setup.py\n"
+PATCHED_APP_CLASS = "class MyApp(ClientFriendlyApp, MONAILabelApp):"
+PATCH_IMPORT = "from mcdrl.monailabel_support import ClientFriendlyApp  # added by scripts/monailabel_setup.py\n"
 
 
 def patch_app(app: Path) -> None:
-    """Mix :class:`mcdrl.monailabel_support.ClientErrorMessages` into the sample app's class, so that a failed
-    /infer answers with an HTTP error that says why (MONAI Label 0.8.5 alone answers a bare 500). Idempotent.
+    """Mix :class:`mcdrl.monailabel_support.ClientFriendlyApp` into the sample app's class: a failed /infer answers
+    an HTTP error that says why (MONAI Label 0.8.5 alone answers a bare 500), and a /train request without the
+    bundle's displayable options gets their defaults (instead of a KeyError). Idempotent.
 
     Raises:
         ValueError: the app's main.py is not the monaibundle app of monailabel 0.8.5 (the class line is missing).
@@ -215,7 +217,7 @@ def patch_app(app: Path) -> None:
         raise ValueError(f"{main}: expected one line {APP_CLASS!r} (the monaibundle app of monailabel 0.8.5)")
     text = text.replace(APP_CLASS, PATCHED_APP_CLASS).replace("\nlogger = logging.getLogger(__name__)\n", "\n" + PATCH_IMPORT + "\nlogger = logging.getLogger(__name__)\n", 1)
     if PATCH_IMPORT not in text:
-        raise ValueError(f"{main}: could not place the import of ClientErrorMessages")
+        raise ValueError(f"{main}: could not place the import of ClientFriendlyApp")
     tmp = main.with_suffix(".py.tmp")
     tmp.write_text(text)
     os.replace(tmp, main)

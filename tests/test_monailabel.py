@@ -195,6 +195,22 @@ def test_inference_json_alone_serves_like_monailabel(tiny_world, tmp_path):
 def test_runtime_options_and_error_mapping_are_checked():
     from mcdrl.monailabel_support import RuntimeOptionsInferer, as_bool, http_error
 
+    from types import SimpleNamespace
+
+    from monai.bundle import ConfigParser
+
+    from mcdrl.monailabel_support import ClientFriendlyApp
+
+    class Base:
+        def train(self, request):
+            return request
+
+    class App(ClientFriendlyApp, Base):
+        _trainers = {MODEL: SimpleNamespace(bundle_config=ConfigParser({"displayable_configs": {"alpha": 0.5, "use_intervention": True}}))}
+
+    assert App().train({"model": MODEL, "alpha": "0.3"}) == {"model": MODEL, "alpha": "0.3", "use_intervention": True}
+    assert App().train({"model": "other"}) == {"model": "other"}
+
     req = {"model": MODEL, "image": "/x/a.png"}
     assert http_error(ValueError("/x/a.png: expected 1, 3 or 4 channels"), req) == (422, f"model {MODEL!r}, image '/x/a.png': ValueError: /x/a.png: expected 1, 3 or 4 channels")
     assert http_error(KeyError("k"), req)[0] == 500
@@ -294,7 +310,7 @@ def test_setup_script_places_the_bundle(tmp_path):
     for _ in range(2):  # idempotent
         ml_setup.patch_app(tmp_path / "app")
     text = (tmp_path / "app" / "main.py").read_text()
-    assert text.count("class MyApp(ClientErrorMessages, MONAILabelApp):") == 1 and text.count("import ClientErrorMessages") == 1
+    assert text.count("class MyApp(ClientFriendlyApp, MONAILabelApp):") == 1 and text.count("import ClientFriendlyApp") == 1
     cmd = ml_setup.start_command(Path("/v/bin/python"), dest.parent.parent, "/studies", MODEL, 8123)
     assert " ".join(cmd).endswith(f"--conf models {MODEL} --conf zoo_source ngc --conf sam2 false --host 127.0.0.1 --port 8123")
 
@@ -468,7 +484,7 @@ def test_options_reach_the_network(server):
 
 @pytest.mark.slow
 def test_bad_input_gets_an_http_error_and_the_server_stays_up(server):
-    """Each failure answers an HTTP error whose detail says what was wrong (the app's ClientErrorMessages mixin;
+    """Each failure answers an HTTP error whose detail says what was wrong (the app's ClientFriendlyApp mixin;
     MONAI Label alone answers a bare 500); the server goes on serving."""
     status, _, body = server.infer("no_such_image")
     assert status == 404 and b"no_such_image" in body and b"not in the datastore" in body, body[:300]
@@ -508,18 +524,22 @@ def _train(server: Server, timeout: float = 300, **params) -> dict:
         time.sleep(1)
 
 
-TRAIN_PARAMS = {"max_epochs": 1, "val_split": 0.25, "device": "cpu", "multi_gpu": False, "alpha": 0.5, "use_intervention": True, "causal_start_epoch": 0}
+#: What 3D Slicer sends: every option of the trainer's config (its panel), the bundle's displayable ones included.
+SLICER_TRAIN_PARAMS = {"max_epochs": 1, "val_split": 0.25, "device": "cpu", "multi_gpu": False, "pretrained": True, "alpha": 0.5, "use_intervention": True, "causal_start_epoch": 0}
+#: What a curl user may send: MONAI Label alone fails this with KeyError 'alpha'; the app fills in the defaults.
+MINIMAL_TRAIN_PARAMS = {"max_epochs": 1, "val_split": 0.25}
 
 
 @pytest.mark.slow
 def test_training_updates_model_pt_and_the_server_serves_it(server):
     """A 1-epoch /train on the 4 labelled images (3 train, 1 validation) replaces models/model.pt; the running
-    server then serves the new weights; a second /train fine-tunes again (each request is a new run)."""
+    server then serves the new weights; a second /train, with only max_epochs and val_split, fine-tunes again (each
+    request is a new run)."""
     weights = server.bundle / "models" / "model.pt"
-    for round_ in (1, 2):
+    for round_, params in ((1, SLICER_TRAIN_PARAMS), (2, MINIMAL_TRAIN_PARAMS)):
         before = md5(weights)
         t0 = time.monotonic()
-        task = _train(server, **TRAIN_PARAMS)
+        task = _train(server, **params)
         assert task["status"] == "DONE", "\n".join(task.get("details", [])) + server.log_tail()
         print(f"\n/train round {round_}: 1 epoch in {time.monotonic() - t0:.1f} s")
         assert md5(weights) != before, f"round {round_}: models/model.pt unchanged\n" + server.log_tail(6000)

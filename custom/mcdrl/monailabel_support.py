@@ -6,9 +6,11 @@ option that changes the network (MTRS ``alpha``, ``use_intervention``) must be a
 :class:`RuntimeOptionsInferer` does that. In the bundle's own workflows it sets the values the network was built
 with, so it changes nothing there.
 
-MONAI Label 0.8.5 answers any exception in ``/infer`` with a bare ``500 Internal Server Error``; the message stays in
-the server log. :class:`ClientErrorMessages`, mixed into the app class by ``scripts/monailabel_setup.py``, turns
-them into HTTP errors whose ``detail`` says what was wrong. Nothing here imports MONAI Label at import time.
+:class:`ClientFriendlyApp` is mixed into the monaibundle app class by ``scripts/monailabel_setup.py``. It fixes two
+things of MONAI Label 0.8.5: any exception in ``/infer`` became a bare ``500 Internal Server Error`` (the message
+stayed in the server log), and a ``/train`` request that lacks one of the bundle's ``displayable_configs`` keys
+failed with ``KeyError`` (3D Slicer sends them all; curl and other clients may not). Nothing here imports MONAI
+Label at import time.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from monai.inferers import SimpleInferer
 
 from .handlers import unwrap
 
-__all__ = ["ClientErrorMessages", "RuntimeOptionsInferer", "as_bool", "http_error"]
+__all__ = ["ClientFriendlyApp", "RuntimeOptionsInferer", "as_bool", "http_error"]
 
 logger = logging.getLogger(__name__)
 
@@ -107,10 +109,25 @@ def http_error(exc: BaseException, request: dict, unknown_image: str | None = No
     return 500, f"model {request.get('model')!r}, image {request.get('image')!r}: {name}: {text}"
 
 
-class ClientErrorMessages:
-    """``MONAILabelApp`` mixin (``class MyApp(ClientErrorMessages, MONAILabelApp)``): failed inferences become
-    ``fastapi.HTTPException`` with the status and message of :func:`http_error`, so that 3D Slicer, OHIF or curl show
-    why a request failed. The server keeps serving; successful requests are untouched."""
+class ClientFriendlyApp:
+    """``MONAILabelApp`` mixin (``class MyApp(ClientFriendlyApp, MONAILabelApp)``).
+
+    * ``infer``: a failure becomes ``fastapi.HTTPException`` with the status and message of :func:`http_error`, so
+      that 3D Slicer, OHIF or curl show why a request failed. The server keeps serving.
+    * ``train``: options of the bundle's ``displayable_configs`` missing from the request get the bundle's defaults
+      (MONAI Label reads ``request[key]`` for each of them). Runs in the training subprocess, which builds the app too.
+    """
+
+    def train(self, request):
+        task = getattr(self, "_trainers", {}).get(request.get("model"))
+        parser = getattr(task, "bundle_config", None)
+        if parser is not None and parser.get("displayable_configs"):
+            defaults = parser.get_parsed_content("displayable_configs", instantiate=True)
+            missing = {k: v for k, v in defaults.items() if k not in request}
+            if missing:
+                logger.info("train request without %s: using the bundle's defaults %s", sorted(missing), missing)
+                request = {**request, **missing}
+        return super().train(request)
 
     def infer(self, request, datastore=None):
         from fastapi import HTTPException

@@ -208,8 +208,8 @@ def test_runtime_options_and_error_mapping_are_checked():
     class App(ClientFriendlyApp, Base):
         _trainers = {MODEL: SimpleNamespace(bundle_config=ConfigParser({"displayable_configs": {"alpha": 0.5, "use_intervention": True}}))}
 
-    assert App().train({"model": MODEL, "alpha": "0.3"}) == {"model": MODEL, "alpha": "0.3", "use_intervention": True}
-    assert App().train({"model": "other"}) == {"model": "other"}
+    assert App().train({"model": MODEL, "alpha": "0.3", "run_id": ""}) == {"model": MODEL, "alpha": "0.3", "use_intervention": True, "run_id": "run"}
+    assert App().train({"model": "other", "run_id": "run"}) == {"model": "other", "run_id": "run"}
 
     req = {"model": MODEL, "image": "/x/a.png"}
     assert http_error(ValueError("/x/a.png: expected 1, 3 or 4 channels"), req) == (422, f"model {MODEL!r}, image '/x/a.png': ValueError: /x/a.png: expected 1, 3 or 4 channels")
@@ -524,8 +524,11 @@ def _train(server: Server, timeout: float = 300, **params) -> dict:
         time.sleep(1)
 
 
-#: What 3D Slicer sends: every option of the trainer's config (its panel), the bundle's displayable ones included.
-SLICER_TRAIN_PARAMS = {"max_epochs": 1, "val_split": 0.25, "device": "cpu", "multi_gpu": False, "pretrained": True, "alpha": 0.5, "use_intervention": True, "causal_start_epoch": 0}
+#: What 3D Slicer sends (MONAILabel.py getParamsFromConfig): every option of the trainer's panel as shown, lists as
+#: the chosen item, text fields as strings, the bundle's displayable options included; its run_id field is empty.
+SLICER_TRAIN_PARAMS = {"device": "cpu", "pretrained": True, "max_epochs": 1, "val_split": 0.25, "multi_gpu": True, "gpus": "all", "tracking": "None",
+                       "tracking_uri": "", "tracking_experiment_name": "", "run_id": "", "model_filename": "model.pt", "alpha": 0.5, "use_intervention": True,
+                       "causal_start_epoch": 0}
 #: What a curl user may send: MONAI Label alone fails this with KeyError 'alpha'; the app fills in the defaults.
 MINIMAL_TRAIN_PARAMS = {"max_epochs": 1, "val_split": 0.25}
 

@@ -7,10 +7,12 @@ option that changes the network (MTRS ``alpha``, ``use_intervention``) must be a
 with, so it changes nothing there.
 
 :class:`ClientFriendlyApp` is mixed into the monaibundle app class by ``scripts/monailabel_setup.py``. It fixes two
-things of MONAI Label 0.8.5: any exception in ``/infer`` became a bare ``500 Internal Server Error`` (the message
-stayed in the server log), and a ``/train`` request that lacks one of the bundle's ``displayable_configs`` keys
-failed with ``KeyError`` (3D Slicer sends them all; curl and other clients may not). Nothing here imports MONAI
-Label at import time.
+things of MONAI Label 0.8.5 for clients: any exception in ``/infer`` became a bare ``500 Internal Server Error``
+(the message stayed in the server log); a ``/train`` request that lacks one of the bundle's ``displayable_configs``
+keys failed with ``KeyError`` (curl and other clients may send only max_epochs); and 3D Slicer's empty ``run_id``
+field reached ``monai.bundle.run(run_id="")``, which makes MONAI's ConfigWorkflow parse the *whole* train.json,
+evaluating every item, e.g. the unreferenced ``train#datalist`` (which fails on a datalist file MONAI Label never
+uses). Nothing here imports MONAI Label at import time.
 """
 
 from __future__ import annotations
@@ -115,10 +117,13 @@ class ClientFriendlyApp:
     * ``infer``: a failure becomes ``fastapi.HTTPException`` with the status and message of :func:`http_error`, so
       that 3D Slicer, OHIF or curl show why a request failed. The server keeps serving.
     * ``train``: options of the bundle's ``displayable_configs`` missing from the request get the bundle's defaults
-      (MONAI Label reads ``request[key]`` for each of them). Runs in the training subprocess, which builds the app too.
+      (MONAI Label reads ``request[key]`` for each of them), and an empty ``run_id`` becomes ``"run"``. Runs in the
+      training subprocess, which builds the app too.
     """
 
     def train(self, request):
+        if not request.get("run_id"):
+            request = {**request, "run_id": "run"}
         task = getattr(self, "_trainers", {}).get(request.get("model"))
         parser = getattr(task, "bundle_config", None)
         if parser is not None and parser.get("displayable_configs"):

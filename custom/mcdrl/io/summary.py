@@ -87,7 +87,7 @@ class CaseResult:
 class SummaryWriter:
     """Writes ``summary.csv`` and ``summary.json`` into ``output_dir`` (atomically, throttled while running)."""
 
-    def __init__(self, output_dir: str | os.PathLike, input_root: str, every_s: float = 2.0):
+    def __init__(self, output_dir: str | os.PathLike, input_root: str, every_s: float = 5.0):
         self.output_dir = Path(output_dir)
         self.input_root = input_root
         self.every_s = float(every_s)

@@ -27,3 +27,15 @@ test: $(STAMP)
 
 clean:
 	rm -rf demo_out bundle/runs bundle/eval
+
+## make regenerate: rebuild every shipped binary (demo CLIP, dictionary, demo model, large_files.yml) from scratch
+BUNDLE_RUN := $(PY) -m monai.bundle run
+LOGCONF := --logging_file bundle/configs/logging.conf
+regenerate: $(STAMP)
+	$(BUNDLE_RUN) pretrain --config_file bundle/configs/pretrain_clip.json $(LOGCONF)
+	$(BUNDLE_RUN) build_dictionary --config_file bundle/configs/dictionary.json $(LOGCONF)
+	$(PY) -m mcdrl.synthetic --out data/synthetic --sites A B C D E --n 160 --seed 0
+	rm -rf bundle/runs/train bundle/models/model.pt
+	$(BUNDLE_RUN) training --config_file "['bundle/configs/train.json','bundle/configs/train_demo.json']" --meta_file bundle/configs/metadata.json $(LOGCONF)
+	$(PY) -m mcdrl.shipped bundle
+	$(PY) -m mcdrl.clip_eval --clip_weights bundle/models/clip/mcdrl-demo-vit.safetensors --out bundle/docs/results/clip_vocabulary.json

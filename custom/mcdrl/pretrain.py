@@ -23,6 +23,7 @@ import math
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
@@ -48,7 +49,8 @@ def _render(args) -> tuple:
     frac = F.adaptive_avg_pool2d(torch.from_numpy(case.mask).float()[None, None], grid)[0, 0]
     fov = F.adaptive_avg_pool2d((torch.from_numpy(case.image).float().sum(-1) > 30).float()[None, None], grid)[0, 0]
     cls = LESION_CLASSES.index(case.lesion_class) if case.lesion_class in LESION_CLASSES else -1
-    return (img * 255).round().to(torch.uint8), frac, cls, fov, case.caption
+    # numpy, not torch: tensors returned from pool workers travel as shared-memory file descriptors, which run out
+    return (img * 255).round().to(torch.uint8).numpy(), frac.numpy(), cls, fov.numpy(), case.caption
 
 
 class CaptionPool(Dataset):
@@ -65,10 +67,10 @@ class CaptionPool(Dataset):
         jobs = [(seed * 1_000_003 + i, image_size, grid, render_size) for i in range(size)]
         with mp.get_context("fork").Pool(processes, initializer=torch.set_num_threads, initargs=(1,)) as pool:
             items = pool.map(_render, jobs, chunksize=64)
-        self.images = torch.stack([it[0] for it in items])
-        self.frac = torch.stack([it[1] for it in items])
+        self.images = torch.from_numpy(np.stack([it[0] for it in items]))
+        self.frac = torch.from_numpy(np.stack([it[1] for it in items]))
         self.cls = torch.tensor([it[2] for it in items])
-        self.fov = torch.stack([it[3] for it in items])
+        self.fov = torch.from_numpy(np.stack([it[3] for it in items]))
         self.captions = [it[4] for it in items]
 
     def __len__(self) -> int:

@@ -22,7 +22,7 @@ from mcdrl.bench.timing import ModuleTimer, interleaved
 from mcdrl.clip_backbone import CLIPVisualBackbone
 from mcdrl.dictionary import ConfounderDictionary
 from mcdrl.head import SegmentationHead
-from mcdrl.intervention import CausalIntervention
+from mcdrl.intervention import CausalIntervention, InterventionBlock
 from mcdrl.network import MCDRLNet
 from mcdrl.region_selection import RegionSelector
 
@@ -91,6 +91,38 @@ def test_channels_last_head_equals_nchw_head_forward_and_backward():
     assert out.shape == (2, 2, 56, 56) and out.is_contiguous()
     assert (out - ref).abs().max().item() <= 1e-4
     assert max((g - r).abs().max().item() for g, r in zip(grads, ref_grads)) <= 1e-4
+
+
+def reference_block(block: InterventionBlock, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    """The intervention layer as first written: q/k/v projections and fused SDPA over the M confounders."""
+    b, n, d = x.shape
+    q, k, v = block._qkv(x, z)
+    a = F.scaled_dot_product_attention(q, k, v)
+    x = x + block.drop(block.out_proj(a.transpose(1, 2).reshape(b, n, d)))
+    return x + block.drop(block.ffn(block.norm_ffn(x)))
+
+
+@pytest.mark.parametrize("dim,heads", [(64, 2), (512, 8)])
+def test_folded_intervention_equals_sdpa_reference_forward_backward_and_traced(dim, heads):
+    torch.manual_seed(0)
+    block = InterventionBlock(dim, heads).train()
+    z = F.normalize(torch.randn(12, dim), dim=-1)
+    assert heads * 12 < dim  # the folded path is the one under test
+    x1 = torch.randn(2, 9, dim, requires_grad=True)
+    x2 = x1.detach().clone().requires_grad_(True)
+    out, ref = block(x1, z), reference_block(block, x2, z)
+    assert (out - ref).abs().max().item() <= 1e-4
+    out.square().mean().backward()
+    grads = [p.grad.clone() for p in block.parameters()]
+    block.zero_grad()
+    ref.square().mean().backward()
+    assert max((g - p.grad).abs().max().item() for g, p in zip(grads, block.parameters())) <= 1e-4
+    assert (x1.grad - x2.grad).abs().max().item() <= 1e-4
+    block.eval()
+    traced = torch.jit.trace(block, (torch.randn(1, 5, dim), z), check_trace=False)
+    x = torch.randn(3, 7, dim)
+    with torch.no_grad():
+        assert (traced(x, z) - reference_block(block, x, z)).abs().max().item() <= 1e-4
 
 
 def test_state_dict_keys_unchanged_by_benchmark_builds():

@@ -14,7 +14,7 @@ import pytest
 import torch
 from monai.transforms import Compose, LoadImage
 
-from mcdrl.io import DiscoverCasesd, LoadCase, LoadCased, discover
+from mcdrl.io import DiscoverCasesd, LoadCase, LoadCased, WriteDicomSegd, discover
 from mcdrl.io.cases import quiet_dicom
 from mcdrl.io.dicom_series import safe_uid
 from test_io_helpers import dcm_file, nibabel_data, pydicom_dir
@@ -172,3 +172,17 @@ def test_discovery_and_loading_drop_into_compose(tmp_path):
     out = Compose([DiscoverCasesd("image"), LoadCased("image")])({"image": str(tmp_path), "site": "X"})
     assert isinstance(out, list) and len(out) == 7
     assert all(d["site"] == "X" and d["image"].frames.shape[1:] == (3, 16, 16) for d in out)
+
+
+def test_seg_writer_drops_into_compose_after_discovery(tmp_path):
+    import highdicom as hd
+
+    shutil.copytree(pydicom_dir("dicomdirtests", "98892001", "CT5N"), tmp_path / "in")
+    (d,) = Compose([DiscoverCasesd("image"), LoadCased("image")])({"image": str(tmp_path / "in")})
+    n, _, h, w = d["image"].frames.shape
+    d["pred"] = np.zeros((n, h, w), np.uint8)
+    d["pred"][2, 4:9, 5:11] = 1
+    out = WriteDicomSegd("pred", output_dir=tmp_path / "out")(d)
+    seg = hd.seg.segread(out["pred_seg_path"])
+    sops = [h.SOPInstanceUID for h in d["image"].case.headers]
+    assert np.array_equal(seg.get_pixels_by_source_instance(sops)[..., 0], d["pred"])

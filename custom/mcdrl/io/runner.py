@@ -5,9 +5,9 @@ Used by ``bundle/configs/inference.json``'s ``run``::
     python -m monai.bundle run --config_file bundle/configs/inference.json --dataset_dir IN --output_dir OUT [--strict false]
 
 Flow: discover the cases (:mod:`.discovery`), load them one ahead in a worker thread (:mod:`.readers`), run the
-network on batches of up to ``batch_size`` frames of one size (frames of a video or volume, or consecutive
-same-size photos: 2-D cases are ordered by size so that they batch), and write each finished case in a second
-worker thread (:mod:`.writers`, :mod:`.dicom_seg`). Every case ends as one summary row (:mod:`.summary`).
+network on batches of up to ``batch_size`` frames of one size (frames of a video or volume, and consecutive cases:
+the cases are ordered by frame size so that same-size photos share batches), and write each finished case in a
+second worker thread (:mod:`.writers`, :mod:`.dicom_seg`). Every case ends as one summary row (:mod:`.summary`).
 With ``strict`` (the default), the run raises ``SystemExit`` (exit status 1) after writing the summary if any case
 failed; ``strict=False`` exits 0.
 """

@@ -142,7 +142,8 @@ class ClientFriendlyApp:
         except HTTPException:
             raise
         except Exception as e:
-            status, msg = http_error(e, request, self._unknown_image(request, datastore))
+            unknown = None if type(e).__name__ == "MONAILabelException" else self._unknown_image(request, datastore)
+            status, msg = http_error(e, request, unknown)
             logger.warning("infer failed (HTTP %d): %s", status, msg)
             raise HTTPException(status_code=status, detail=msg) from e
 

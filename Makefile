@@ -39,3 +39,7 @@ regenerate: $(STAMP)
 	$(BUNDLE_RUN) training --config_file "['bundle/configs/train.json','bundle/configs/train_demo.json']" --meta_file bundle/configs/metadata.json $(LOGCONF)
 	$(PY) -m mcdrl.shipped bundle
 	$(PY) -m mcdrl.clip_eval --clip_weights bundle/models/clip/mcdrl-demo-vit.safetensors --out bundle/docs/results/clip_vocabulary.json
+
+## MONAI Label (its own venv: pydicom<3, numpy 1.x) and an app folder holding this bundle
+monailabel-env: ; $(PYTHON) scripts/monailabel_setup.py env
+monailabel-app: ; $(PYTHON) scripts/monailabel_setup.py app

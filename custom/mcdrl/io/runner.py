@@ -181,7 +181,8 @@ class FolderInferenceRunner:
             buffer.clear()
             collect(block=False)
 
-        with ThreadPoolExecutor(1, thread_name_prefix="mcdrl-load") as loader, ThreadPoolExecutor(1, thread_name_prefix="mcdrl-write") as writer:
+        one = {"max_workers": 1, "initializer": torch.set_num_threads, "initargs": (1,)}  # no second OpenMP team next to the model's
+        with ThreadPoolExecutor(thread_name_prefix="mcdrl-load", **one) as loader, ThreadPoolExecutor(thread_name_prefix="mcdrl-write", **one) as writer:
             loads = collections.deque(loader.submit(self._load_case, c) for c in todo[:2])
             nxt = 2
             while loads:

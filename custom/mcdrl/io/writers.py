@@ -47,7 +47,7 @@ def write_png_mask(mask: np.ndarray, path: str | os.PathLike) -> Path:
     if mask.ndim != 2:
         raise ValueError(f"a PNG mask must be 2-D (H, W), got shape {mask.shape}")
     with atomic_output(path) as tmp:
-        Image.fromarray(np.ascontiguousarray(mask, dtype=np.uint8), "L").save(tmp, format="PNG")
+        Image.fromarray(np.ascontiguousarray(mask, dtype=np.uint8), "L").save(tmp, format="PNG", compress_level=1)  # masks compress well anyway
     return Path(path)
 
 

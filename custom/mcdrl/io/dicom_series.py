@@ -29,6 +29,8 @@ SKIPPED_SOP_CLASSES = {
 
 
 def secrets_of(ds) -> tuple[str, ...]:
+    """The patient-identifying strings of a header (names, IDs, and name components of 3+ characters), to be
+    scrubbed from any message about the file (:func:`mcdrl.io.cases.redact`)."""
     out = set()
     for kw in ("PatientName", "PatientID", "OtherPatientIDs", "PatientBirthName", "PatientMotherBirthName"):
         value = ds.get(kw)
@@ -118,7 +120,7 @@ def _geometry(ds):
     return tuple(np.round(iop, 4)), np.array([float(v) for v in ipp]), normal / np.linalg.norm(normal)
 
 
-def group_series(items: list[tuple[Path, str, object]], max_side: int) -> list[Case]:
+def group_series(items: list[tuple[Path, str, object]]) -> list[Case]:
     """Group (path, rel, header) of valid DICOM images into cases by SeriesInstanceUID."""
     by_series: dict[str, list] = defaultdict(list)
     for item in items:

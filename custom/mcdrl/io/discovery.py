@@ -194,7 +194,7 @@ def discover(path: str | os.PathLike, max_side: int = DEFAULT_MAX_SIDE, exclude:
             except Exception as e:  # noqa: BLE001 - any unreadable file is one error line
                 reason = first_line(e) if isinstance(e, ValueError) else f"cannot read: {type(e).__name__}: {first_line(e)}"
                 cases.append(Case(rel, "error", rel, [f], reason=reason.replace(str(f), rel)))
-        cases += group_series(dicom_items, max_side)
+        cases += group_series(dicom_items)
     cases.sort(key=lambda c: (c.input, c.name))
     _unique_names(cases)
     for c in cases:

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from conftest import PYTHON, REPO, TINY
 from mcdrl.bench.fast import AutocastInferer, mask_dice
 from mcdrl.bench.models import build_network
-from mcdrl.bench.timing import ModuleTimer, interleaved
+from mcdrl.bench.timing import ModuleTimer, interleaved, paired_ratio
 from mcdrl.clip_backbone import CLIPVisualBackbone
 from mcdrl.dictionary import ConfounderDictionary
 from mcdrl.head import SegmentationHead
@@ -220,7 +220,7 @@ def test_interleaved_timer_and_module_timer_count_real_calls():
         calls[k] += 1
 
     t = interleaved({"a": lambda: bump("a"), "b": lambda: bump("b")}, repeats=3, warmup=1)
-    assert calls == {"a": 4, "b": 4} and t["a"]["repeats"] == 3 and t["a"]["median_ms"] >= 0
+    assert calls == {"a": 4, "b": 4} and t["a"]["repeats"] == 3 and t["a"]["median_ms"] >= 0 and len(t["b"]["times_ms"]) == 3
     timer = ModuleTimer({"intervention": net.intervention, "head": net.head})
     with torch.inference_mode(), timer.active():
         net(x)
@@ -230,6 +230,13 @@ def test_interleaved_timer_and_module_timer_count_real_calls():
     assert timer.total_ms["intervention"] > 0
     net.intervention(torch.rand(1, 8, 32), net.dictionary.confounders)  # hooks are removed afterwards
     assert timer.calls["intervention"] == 1
+
+
+def test_paired_ratio_cancels_load_drift():
+    # the machine gets 4x slower during the run; B is always half of A in its own round
+    t = {"a": {"times_ms": [10.0, 40.0, 40.0]}, "b": {"times_ms": [5.0, 20.0, 20.0]}}
+    assert paired_ratio(t, "a", "b") == 2.0
+    assert paired_ratio(t, "b", "a") == 0.5
 
 
 def test_quick_benchmark_writes_json_and_markdown(tmp_path):
@@ -249,6 +256,7 @@ def test_quick_benchmark_writes_json_and_markdown(tmp_path):
     assert m["logical_cores"] >= 1 and m["torch"] == torch.__version__ and m["torch_threads"] >= 1
     assert len(result["load"]["before"]) == 3 and isinstance(result["load"]["shared"], bool)
     assert {(r["batch"], r["input_size"]) for r in result["forward"]} == {(1, 64), (1, 128), (2, 64), (2, 128)}
+    assert all(len(r["rounds_ms"]["mcdrl"]) == r["repeats"] for r in result["forward"])
     assert result["rss"]["peak_rss_mb"] >= result["rss"]["rss_after_import_mb"] > 0
     assert result["profile"]["top"] and result["profile"]["top"][0]["self_ms_per_forward"] > 0
     assert result["bf16"]["mask_dice_min"] <= 1.0
@@ -256,6 +264,30 @@ def test_quick_benchmark_writes_json_and_markdown(tmp_path):
     text = md.read_text()
     assert "| model | batch | input |" in text and "forward_ratio_bs1" in text
     assert "forward_ratio_bs1" in proc.stdout  # the ratios are printed too
+
+    # --update re-measures one section and keeps the rest
+    proc = subprocess.run(
+        [PYTHON, "-m", "mcdrl.bench", "--quick", "--update", "rss", "--output", str(out), "--markdown", str(md)],
+        cwd=tmp_path, capture_output=True, text=True, timeout=600, env=env,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    updated = json.loads(out.read_text())
+    assert updated["forward"] == result["forward"] and updated["date"] == result["date"]
+    assert [u["sections"] for u in updated["updates"]] == [["rss"]]
+    assert updated["peak_rss_mb"] == updated["rss"]["peak_rss_mb"]
+    assert "Re-measured later: rss" in md.read_text()
+
+
+def test_peak_rss_probe_is_not_inflated_by_a_large_parent():
+    from mcdrl.bench.probe import measure_peak_rss
+
+    ballast = torch.ones(2**28)  # 1 GiB touched in this (parent) process
+    try:
+        child = measure_peak_rss(TINY, 1, size=64, repeats=1)
+    finally:
+        del ballast
+    assert child["rss_after_import_mb"] <= child["peak_rss_mb"] < child["rss_after_import_mb"] + 700
+    assert child["peak_rss_inference_mb"] is None or child["peak_rss_inference_mb"] <= child["peak_rss_mb"]
 
 
 def test_bench_refuses_cuda_without_a_gpu(capsys):
@@ -274,3 +306,4 @@ def test_bench_defaults_write_into_the_bundle_docs():
     a = parse_args([])
     assert a.output == str(REPO / "bundle" / "docs" / "results" / "bench.json")
     assert a.models == ["mcdrl-demo-vit", "ViT-B-16"] and a.main_model == "ViT-B-16" and a.batches == [1, 8] and a.large_size == 512
+    assert a.sizes == [None, 224, 512]  # CLIP size, the demo frames' native size, a larger native size

@@ -64,8 +64,16 @@ def to_markdown(result: dict) -> str:
         f"{result['load']['before']} / {result['load']['max_1min']} / {result['load']['after']}"
         + (" — **the machine was shared with other jobs; absolute times are inflated, ratios are interleaved.**" if result["load"]["shared"] else "."),
         "",
-        "Times are medians over interleaved repeats (every round runs each candidate once, rotating the order). "
+        "Times are medians over interleaved rounds (every round runs each candidate once, rotating the order); "
+        "ratios are medians of per-round ratios (candidates of one round ran side by side, so load drift cancels). "
         "Random CLIP weights (cost does not depend on the values).",
+        "",
+    ]
+    for u in result.get("updates") or []:
+        old = "; ".join(f"{k} was {_fmt(v, 3)}" for k, v in (u.get("superseded") or {}).items())
+        lines.append(f"Re-measured later: {', '.join(u['sections'])} by `{u['command']}` on {u['date']} (load before {u['load']['before']})"
+                     + (f"; replaced values: {old}." if old else ".") + (f" Why: {u['note']}" if u.get("note") else ""))
+    lines += [
         "",
         "## Targets",
         "",

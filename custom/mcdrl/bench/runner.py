@@ -24,7 +24,7 @@ from ..losses import MCDRLLoss
 from ..training import param_groups
 from .fast import AutocastInferer, compile_network, mask_dice
 from .models import build_network, random_batch
-from .timing import ModuleTimer, interleaved, sync
+from .timing import ModuleTimer, interleaved, paired_ratio, sync
 
 __all__ = ["bf16_check", "compile_check", "folder_throughput", "forward_rows", "profile_top", "thread_check", "train_rows"]
 
@@ -75,8 +75,7 @@ def forward_rows(model_name: str, batches: list[int], sizes: list[int | None], r
         for b in batches:
             x_clip = torch.rand(b, 3, s, s, device=device)
             xn = net.backbone.normalize(x_clip)
-            for size in sizes:
-                side = s if size is None else int(size)
+            for side in dict.fromkeys(s if size is None else int(size) for size in sizes):
                 x = x_clip if side == s else torch.rand(b, 3, side, side, device=device)
                 fns = {
                     "visual": lambda: net.backbone.visual(xn),
@@ -94,11 +93,12 @@ def forward_rows(model_name: str, batches: list[int], sizes: list[int | None], r
                         "visual_ms": t["visual"]["median_ms"],
                         "mcdrl_ms": t["mcdrl"]["median_ms"],
                         "baseline_ms": t["baseline"]["median_ms"],
-                        "mcdrl_over_visual": t["mcdrl"]["median_ms"] / t["visual"]["median_ms"],
-                        "baseline_over_visual": t["baseline"]["median_ms"] / t["visual"]["median_ms"],
-                        "mcdrl_over_baseline": t["mcdrl"]["median_ms"] / t["baseline"]["median_ms"],
+                        "mcdrl_over_visual": paired_ratio(t, "mcdrl", "visual"),
+                        "baseline_over_visual": paired_ratio(t, "baseline", "visual"),
+                        "mcdrl_over_baseline": paired_ratio(t, "mcdrl", "baseline"),
+                        "mcdrl_over_visual_of_medians": t["mcdrl"]["median_ms"] / t["visual"]["median_ms"],
                         "parts": parts,
-                        "spread_ms": {k: [v["min_ms"], v["max_ms"]] for k, v in t.items()},
+                        "rounds_ms": {k: v["times_ms"] for k, v in t.items()},
                         "repeats": repeats,
                     }
                 )
@@ -168,9 +168,10 @@ def train_rows(model_name: str, batch: int, repeats: int, device: str = "cpu") -
         "mcdrl_ms": t["mcdrl"]["median_ms"],
         "baseline_ms": t["baseline"]["median_ms"],
         "baseline_seg_only_ms": t["baseline_seg_only"]["median_ms"],
-        "ratio": t["mcdrl"]["median_ms"] / t["baseline"]["median_ms"],
-        "ratio_vs_seg_only": t["mcdrl"]["median_ms"] / t["baseline_seg_only"]["median_ms"],
-        "spread_ms": {k: [v["min_ms"], v["max_ms"]] for k, v in t.items()},
+        "ratio": paired_ratio(t, "mcdrl", "baseline"),
+        "ratio_vs_seg_only": paired_ratio(t, "mcdrl", "baseline_seg_only"),
+        "ratio_of_medians": t["mcdrl"]["median_ms"] / t["baseline"]["median_ms"],
+        "rounds_ms": {k: v["times_ms"] for k, v in t.items()},
         "repeats": repeats,
     }
 
@@ -193,7 +194,7 @@ def bf16_check(model_name: str, batch: int, repeats: int, device: str = "cpu") -
         "batch": batch,
         "fp32_ms": t["fp32"]["median_ms"],
         "bf16_ms": t["bf16"]["median_ms"],
-        "speedup": t["fp32"]["median_ms"] / t["bf16"]["median_ms"],
+        "speedup": paired_ratio(t, "fp32", "bf16"),
         "mask_dice_min": float(dice.min()),
         "mask_dice_mean": float(dice.mean()),
         "max_abs_logit_diff": float((ref - low).abs().max()),
@@ -239,7 +240,7 @@ def compile_check(model_name: str, batch: int, repeats: int, device: str = "cpu"
         "compile_s": compile_s,
         "eager_ms": t["eager"]["median_ms"],
         "compiled_ms": t["compiled"]["median_ms"],
-        "speedup": t["eager"]["median_ms"] / t["compiled"]["median_ms"],
+        "speedup": paired_ratio(t, "eager", "compiled"),
         "max_abs_diff": float((ref.float() - out.float()).abs().max()),
     }
 
@@ -301,7 +302,7 @@ def folder_throughput(model_name: str, n_images: int = 16, size: int | None = No
     return {
         "images_per_s": folder_ips,
         "bare_forward_images_per_s": bare_ips,
-        "folder_over_bare": folder_ips / bare_ips,
+        "folder_over_bare": paired_ratio(t, "bare", "folder") * n_images / (per_batch * batch),
         "model": model_name,
         "n_images": n_images,
         "image_size": side,

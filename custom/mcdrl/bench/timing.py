@@ -18,7 +18,7 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
-__all__ = ["ModuleTimer", "interleaved", "load_average", "machine_info", "sync"]
+__all__ = ["ModuleTimer", "interleaved", "load_average", "machine_info", "paired_ratio", "sync"]
 
 
 def sync(device: torch.device | str) -> None:
@@ -31,7 +31,8 @@ def interleaved(fns: dict[str, Callable[[], object]], repeats: int, warmup: int 
     """Time each callable ``repeats`` times, interleaved round by round in a rotating order.
 
     Returns:
-        ``{name: {"median_ms", "min_ms", "max_ms", "repeats"}}``.
+        ``{name: {"median_ms", "min_ms", "max_ms", "repeats", "times_ms"}}``; ``times_ms`` is in round order, so
+        ``times_ms[i]`` of two names were measured side by side (see :func:`paired_ratio`).
     """
     names = list(fns)
     for _ in range(warmup):
@@ -47,7 +48,16 @@ def interleaved(fns: dict[str, Callable[[], object]], repeats: int, warmup: int 
             fns[name]()
             sync(device)
             times[name].append((time.perf_counter() - start) * 1e3)
-    return {n: {"median_ms": statistics.median(t), "min_ms": min(t), "max_ms": max(t), "repeats": len(t)} for n, t in times.items()}
+    return {n: {"median_ms": statistics.median(t), "min_ms": min(t), "max_ms": max(t), "repeats": len(t), "times_ms": t} for n, t in times.items()}
+
+
+def paired_ratio(t: dict[str, dict], num: str, den: str) -> float:
+    """Median over rounds of ``num`` time / ``den`` time measured in the same round.
+
+    Under a load that drifts during the run (other jobs starting or stopping), the ratio of two medians mixes
+    rounds run under different conditions; the per-round ratio compares neighbours, so drift cancels.
+    """
+    return statistics.median(a / b for a, b in zip(t[num]["times_ms"], t[den]["times_ms"]))
 
 
 class ModuleTimer:

@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 export HF_HUB_OFFLINE := 1
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: install demo test data pretrain-clip dictionary train-demo regenerate monailabel-env monailabel-app clean
+.PHONY: install demo test regenerate demo-results monailabel-env monailabel-app clean
 
 $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -38,8 +38,20 @@ regenerate: $(STAMP)
 	rm -rf bundle/runs/train bundle/models/model.pt
 	$(BUNDLE_RUN) training --config_file "['bundle/configs/train.json','bundle/configs/train_demo.json']" --meta_file bundle/configs/metadata.json $(LOGCONF)
 	$(PY) -m mcdrl.shipped bundle
-	$(PY) -m mcdrl.clip_eval --clip_weights bundle/models/clip/mcdrl-demo-vit.safetensors --out bundle/docs/results/clip_vocabulary.json
+	$(MAKE) demo-results
 
 ## MONAI Label (its own venv: pydicom<3, numpy 1.x) and an app folder holding this bundle
 monailabel-env: ; $(PYTHON) scripts/monailabel_setup.py env
 monailabel-app: ; $(PYTHON) scripts/monailabel_setup.py app
+
+## make demo-results: the shipped model's Dice on its training sites' validation split and on held-out site F,
+## the demo's per-case Dice, and the demo CLIP's vocabulary figures -> bundle/docs/results/
+EVAL := $(BUNDLE_RUN) --config_file "['bundle/configs/train.json','bundle/configs/evaluate.json']" $(LOGCONF)
+demo-results: $(STAMP)
+	$(PY) -m mcdrl.synthetic --out data/heldout_F --sites F --n 160 --seed 1 --split 1.0 0.0
+	$(EVAL) --output_dir bundle/eval/train_sites --eval_split validation
+	$(EVAL) --output_dir bundle/eval/heldout_F --dataset_dir data/heldout_F --eval_split training
+	$(PY) -m mcdrl.demo --out demo_out --site F --n 8 --seed 2026
+	mkdir -p bundle/docs/results && cp demo_out/summary.json bundle/docs/results/demo.json
+	$(PY) -m mcdrl.clip_eval --clip_weights bundle/models/clip/mcdrl-demo-vit.safetensors --out bundle/docs/results/clip_vocabulary.json
+	$(PY) -c "import json,csv; r={n: dict(csv.reader(open(f'bundle/eval/{n}/metrics.csv'))) for n in ('train_sites','heldout_F')}; json.dump(r, open('bundle/docs/results/demo_model.json','w'), indent=1); print(r)"

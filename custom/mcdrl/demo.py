@@ -58,7 +58,7 @@ def run_demo(out: Path, site: str = HELD_OUT_SITE, n: int = 8, seed: int = 2026,
     bundle = Path(bundle_root or default_bundle_root())
     verify_shipped(bundle)
     out.mkdir(parents=True, exist_ok=True)
-    datalist = json.loads(generate_dataset(out / "data", [site], n, seed=seed, split=(1.0,)).read_text())
+    datalist = json.loads(generate_dataset(out / "data", [site], n, seed=seed, split=(1.0, 0.0)).read_text())
     cases = datalist["training"] + datalist.get("validation", [])
     images = out / "data" / "images" / site
     masks = out / "masks"
@@ -85,7 +85,7 @@ def run_demo(out: Path, site: str = HELD_OUT_SITE, n: int = 8, seed: int = 2026,
             Image.fromarray(_overlay(image, pred, gt)).save(tmp, format="PNG")
         rows.append({"case": stem, "lesion_class": case["lesion_class"], "confounders": case.get("confounders", []),
                      "dice": round(m["dice"], 4), "iou": round(m["iou"], 4), "lesion_px_true": int(gt.sum()), "lesion_px_pred": int(pred.sum())})
-    summary = {"site": site, "n": len(rows), "mean_dice": round(float(np.mean([r["dice"] for r in rows])), 4),
+    summary = {"site": site, "n": len(rows), "seed": seed, "mean_dice": round(float(np.mean([r["dice"] for r in rows])), 4),
                "inference_seconds": round(t_inf, 1), "total_seconds": round(time.time() - t0, 1), "cases": rows}
     _write_reports(out, summary)
     return summary

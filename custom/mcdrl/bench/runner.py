@@ -137,14 +137,16 @@ def train_rows(model_name: str, batch: int, repeats: int, device: str = "cpu") -
     and loss with ``use_intervention=False`` (L_causal switches itself off). ``baseline_seg_only``: the paper's
     Baseline objective, L_seg only. Optimiser: AdamW with the bundle's parameter groups (lr 0.005, CLIP x0.01).
     """
-    mcdrl = build_network(model_name, use_intervention=True).train().to(device)
-    base = build_network(model_name, use_intervention=False).train().to(device)
-    data = random_batch(batch, mcdrl.image_size)
+    net = build_network(model_name, use_intervention=True).train().to(device)  # one network: half the memory
+    data = random_batch(batch, net.image_size)
     x = data["image"].to(device)
     target = {"label": data["label"].to(device), "lesion_class": data["lesion_class"].to(device)}
+    # one optimiser: in Baseline steps the intervention has no gradients and AdamW skips it, as for a Baseline network
+    opt = torch.optim.AdamW(param_groups(net, 0.005, 0.01, 1e-4), lr=0.005)
 
-    def make_step(net, loss_fn, opt):
+    def make_step(use_intervention: bool, loss_fn):
         def step():
+            net.use_intervention = use_intervention
             opt.zero_grad(set_to_none=True)
             with autocast_ctx(device):
                 loss = loss_fn(net(x), target)
@@ -153,18 +155,17 @@ def train_rows(model_name: str, batch: int, repeats: int, device: str = "cpu") -
 
         return step
 
-    opt_m = torch.optim.AdamW(param_groups(mcdrl, 0.005, 0.01, 1e-4), lr=0.005)
-    opt_b = torch.optim.AdamW(param_groups(base, 0.005, 0.01, 1e-4), lr=0.005)
     fns = {
-        "mcdrl": make_step(mcdrl, MCDRLLoss(mcdrl.dictionary).to(device), opt_m),
-        "baseline": make_step(base, MCDRLLoss(base.dictionary).to(device), opt_b),
-        "baseline_seg_only": make_step(base, MCDRLLoss(base.dictionary, lambda_causal=0.0, lambda_contrast=0.0).to(device), opt_b),
+        "mcdrl": make_step(True, MCDRLLoss(net.dictionary).to(device)),
+        "baseline": make_step(False, MCDRLLoss(net.dictionary).to(device)),
+        "baseline_seg_only": make_step(False, MCDRLLoss(net.dictionary, lambda_causal=0.0, lambda_contrast=0.0).to(device)),
     }
     t = interleaved(fns, repeats=repeats, warmup=1, device=device)
+    net.use_intervention = True
     return {
         "model": model_name,
         "batch": batch,
-        "input_size": mcdrl.image_size,
+        "input_size": net.image_size,
         "mcdrl_ms": t["mcdrl"]["median_ms"],
         "baseline_ms": t["baseline"]["median_ms"],
         "baseline_seg_only_ms": t["baseline_seg_only"]["median_ms"],

@@ -18,12 +18,28 @@ from mcdrl.network import MCDRLNet
 from mcdrl.region_selection import RegionSelector
 
 
+def randomise(module: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    """Give the zero-initialised residual branches random weights, as after training."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in module.parameters():
+            if p.abs().sum() == 0:
+                p.copy_(torch.randn(p.shape, generator=g) * 0.05)
+    return module
+
+
 def build_net(world, model_name=TINY, weights="world", alpha=0.5, use_intervention=True, depth=3) -> MCDRLNet:
     weights = world["weights"] if weights == "world" else weights
     backbone = CLIPVisualBackbone(model_name, weights)
     d = backbone.embed_dim
     dictionary = ConfounderDictionary(world["dictionary"] if model_name == TINY else None, d)
-    return MCDRLNet(backbone, dictionary, RegionSelector(alpha), CausalIntervention(d, depth, heads=2), SegmentationHead(d, (16, 8)), use_intervention=use_intervention)
+    intervention = randomise(CausalIntervention(d, depth, heads=2))
+    return MCDRLNet(backbone, dictionary, RegionSelector(alpha), intervention, SegmentationHead(d, (16, 8)), use_intervention=use_intervention)
+
+
+def test_fresh_intervention_block_is_the_identity():
+    x, z = torch.randn(2, 5, 32), torch.randn(12, 32)
+    assert torch.equal(CausalIntervention(32, 3, heads=4)(x, z), x)
 
 
 @pytest.mark.parametrize("size", [(64, 64), (96, 80), (37, 123), (224, 224)])
@@ -138,7 +154,7 @@ def test_attention_rows_sum_to_one_over_the_12_confounders():
 
 def test_fused_attention_equals_explicit_softmax():
     torch.manual_seed(0)
-    block = InterventionBlock(dim=32, heads=4).eval()
+    block = randomise(InterventionBlock(dim=32, heads=4)).eval()
     x, z = torch.randn(2, 5, 32), torch.randn(12, 32)
     w = block.attention_weights(x, z)
     v = block.v_proj(block.norm_kv(z)).view(1, 12, 4, 8).transpose(1, 2)

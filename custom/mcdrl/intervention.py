@@ -47,6 +47,12 @@ class InterventionBlock(nn.Module):
         hidden = int(dim * mlp_ratio)
         self.ffn = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim))
         self.drop = nn.Dropout(dropout)
+        # [ours] zero-initialised residual branches: a fresh block is the identity, so switching the intervention on
+        # after `causal_start_epoch` does not scramble the features the head has learnt (without it the demo model
+        # collapsed to all-background the epoch the intervention came on).
+        for layer in (self.out_proj, self.ffn[2]):
+            nn.init.zeros_(layer.weight)
+            nn.init.zeros_(layer.bias)
 
     def _qkv(self, x: torch.Tensor, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         b, n, d = x.shape

@@ -281,5 +281,7 @@ def test_clip_factory_refuses_hub_and_missing_weights(name, weights, error, matc
 
 
 def test_weights_for_a_different_config_name_the_file(tiny_world):
-    with pytest.raises(RuntimeError, match=str(tiny_world["weights"].name)):
+    from mcdrl.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=rf"{tiny_world['weights'].name}.*wrong model name"):
         create_clip("mcdrl-tiny-rn", tiny_world["weights"])

@@ -29,20 +29,35 @@ from mcdrl.region_selection import RegionSelector
 HEADLINE_KEYS = ["forward_ratio_bs1", "forward_ratio_bs8", "train_step_ratio", "peak_rss_mb", "intervention_fraction"]
 
 
+def randomise_linears(module: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    """Random weights and biases for every Linear (the intervention's residual branches start at zero, which would
+    make an equivalence test of the attention vacuous)."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in module.modules():
+            if isinstance(m, torch.nn.Linear):
+                m.weight.copy_(torch.randn(m.weight.shape, generator=gen) * m.in_features**-0.5)
+                m.bias.copy_(torch.randn(m.bias.shape, generator=gen) * 0.1)
+    return module
+
+
 def reference_head(head: SegmentationHead, grid: torch.Tensor) -> torch.Tensor:
     """The decoder as first written: plain NCHW layout throughout (the unoptimised path)."""
     return head.classifier(head.stages(head.dropout(head.proj(grid))))
 
 
 def reference_eval_forward(net: MCDRLNet, x: torch.Tensor) -> torch.Tensor:
-    """MCDRL eval forward composed step by step from the parts, with the reference (NCHW) decoder."""
+    """MCDRL eval forward composed step by step from the parts, with the reference (SDPA) intervention layers and the
+    reference (NCHW) decoder."""
     s = net.image_size
     xs = F.interpolate(x, size=[s, s], mode="bilinear", align_corners=False, antialias=True)
     tokens = net.backbone.forward_dense(xs)
     d = net.dictionary
     idx, _ = net.selector(tokens, d.class_embeddings, d.background_embedding)
     gather_idx = idx.unsqueeze(-1).expand(-1, -1, tokens.shape[-1])
-    f = net.intervention(torch.gather(tokens, 1, gather_idx), d.confounders)
+    f = torch.gather(tokens, 1, gather_idx)
+    for layer in net.intervention.layers:
+        f = reference_block(layer, f, d.confounders)
     tokens = tokens.scatter(1, gather_idx, f)
     b, _, dim = tokens.shape
     grid = tokens.transpose(1, 2).reshape(b, dim, net.grid_size, net.grid_size)
@@ -52,11 +67,15 @@ def reference_eval_forward(net: MCDRLNet, x: torch.Tensor) -> torch.Tensor:
 @pytest.mark.parametrize("size", [(64, 64), (96, 80)])
 def test_optimised_eval_forward_equals_reference_path(size):
     net = build_network(TINY, heads=2, decoder_channels=(16, 8))
+    randomise_linears(net.intervention)
     x = torch.rand(2, 3, *size, generator=torch.Generator().manual_seed(1))
     with torch.inference_mode():
         out, ref = net(x), reference_eval_forward(net, x)
+        net.use_intervention = False
+        without = net(x)
     assert out.shape == (2, 2, *size) and out.is_contiguous()
     assert (out - ref).abs().max().item() <= 1e-4
+    assert (out - without).abs().max().item() > 1e-3  # the intervention really contributes: the test is not vacuous
 
 
 @pytest.mark.parametrize("use_intervention", [True, False])
@@ -64,6 +83,7 @@ def test_one_pass_predict_with_confounders_equals_two_pass_reference(use_interve
     """predict_with_confounders runs the intervention once; it must equal the eval forward and the weights read by
     a separate confounder_weights pass (the unoptimised path)."""
     net = build_network(TINY, heads=2, decoder_channels=(16, 8), use_intervention=use_intervention)
+    randomise_linears(net.intervention)
     x = torch.rand(3, 3, 72, 64, generator=torch.Generator().manual_seed(2))
     with torch.inference_mode():
         logits, weights = net.predict_with_confounders(x)
@@ -105,7 +125,7 @@ def reference_block(block: InterventionBlock, x: torch.Tensor, z: torch.Tensor) 
 @pytest.mark.parametrize("dim,heads", [(64, 2), (512, 8)])
 def test_folded_intervention_equals_sdpa_reference_forward_backward_and_traced(dim, heads):
     torch.manual_seed(0)
-    block = InterventionBlock(dim, heads).train()
+    block = randomise_linears(InterventionBlock(dim, heads)).train()
     z = F.normalize(torch.randn(12, dim), dim=-1)
     assert heads * 12 < dim  # the folded path is the one under test
     x1 = torch.randn(2, 9, dim, requires_grad=True)

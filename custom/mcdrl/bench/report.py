@@ -126,7 +126,8 @@ def to_markdown(result: dict) -> str:
         lines.append(f"- fresh process, {ts['setting']} ({ts['threads']} threads): MCDRL eval {_fmt(ts['mcdrl_median_ms'])} ms (load {ts['load_1min']}).")
     c = result.get("compile")
     if c:
-        lines.append(f"- torch.compile, {c['model']} batch {c['batch']}: compile {_fmt(c['compile_s'])} s, eager {_fmt(c['eager_ms'])} ms, "
+        lines.append(f"- torch.compile, {c['model']} batch {c['batch']}: first call {_fmt(c['compile_s'])} s (shorter when inductor's on-disk cache "
+                     f"is warm from an earlier run; about 130 s cold on 2 loaded cores), eager {_fmt(c['eager_ms'])} ms, "
                      f"compiled {_fmt(c['compiled_ms'])} ms (speed-up {_fmt(c['speedup'], 2)}x), max |diff| {c['max_abs_diff']:.2e}.")
     else:
         lines.append("- torch.compile: not measured in this run (`--compile`).")

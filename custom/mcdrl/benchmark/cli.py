@@ -105,7 +105,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{name:>12}: Dice {100 * m['dice_mean']:.1f} ± {100 * m['dice_std']:.1f}  IoU {100 * m['iou_mean']:.1f}  "
               f"acc {100 * m['pixel_accuracy_mean']:.1f}  per site " + " ".join(f"{s} {100 * v:.1f}" for s, v in m["per_site_dice"].items()))
     if args.ablations:
-        meta = {**meta, "dictionary_prompts": {str(k): dictionary_prompts(k) for k in sorted(sizes + [ABLATION_REFERENCE['dictionary size']])}}
+        meta = {**meta, "ablation_sites_note": "" if set(abl_sites) == set(profile.sites) else
+                f"Held-out subset {', '.join(abl_sites)} (every other site of the world; fixed in the profile before any result) to fit the CPU budget.",
+                "dictionary_prompts": {str(k): dictionary_prompts(k) for k in sorted(sizes + [ABLATION_REFERENCE['dictionary size']])}}
         abl = report.write_ablation_report(out, ablation_records, list(ABLATIONS.values()), [r for r in records if r["method"] == "mcdrl"],
                                            ABLATION_REFERENCE, abl_sites, profile.seeds, meta)
         for group, entries in abl["groups"].items():

@@ -90,17 +90,32 @@ class Profile:
             f"intervention from epoch {self.causal_start} (the bundle's 10/50 ratio).",
             f"World: {self.n_per_site} images per site ({self.image_size} px), {len(self.sites)} sites, "
             f"validation fraction {self.val_fraction} per source site.",
-        ]
+        ] + self._recipe_note()
 
+    def _recipe_note(self) -> list[str]:
+        changed = [f"{k} = {v} (train.json: {TRAIN_DEFAULTS[k]})" for k, v in self.train.items() if TRAIN_DEFAULTS.get(k) != v]
+        return [f"For every method: {', '.join(changed)}. {BUDGET_RECIPE_WHY}"] if changed else []
+
+
+#: [ours] the shared training recipe of the benchmark profiles, where it differs from train.json
+BUDGET_RECIPE = {"dice_weight": 1.0, "batch_size": 4}
+BUDGET_RECIPE_WHY = (
+    "Chosen before any held-out result, on the source-site validation Dice of the Baseline in one fold (held-out A, "
+    "seed 0): with train.json's pure cross-entropy and batch 8, the Baseline still predicted no lesion pixel after "
+    "8-12 epochs (lesions cover ~3% of the pixels); L_seg = CE + soft Dice at batch 4 (twice the updates for the same "
+    "compute) leaves the all-background solution within the budget."
+)
 
 PROFILES: dict[str, Profile] = {
     "smoke": Profile(
         name="smoke", sites=("A", "B", "C"), n_per_site=8, image_size=96, val_fraction=0.25, world_seed=7,
         seeds=(0, 1), epochs=2, decoder_channels=(16, 8, 8, 8), ablation_sites=("A",), workers=2,
+        train={**TRAIN_DEFAULTS, **BUDGET_RECIPE},
     ),
     "full": Profile(
         name="full", sites=("A", "B", "C", "D", "E", "F"), n_per_site=60, image_size=224, val_fraction=0.2,
-        world_seed=2026, seeds=(0, 1, 2), epochs=4, ablation_sites=("A", "C", "E"), workers=2,
+        world_seed=2026, seeds=(0, 1, 2), epochs=8, ablation_sites=("A", "C", "E"), workers=2,
+        train={**TRAIN_DEFAULTS, **BUDGET_RECIPE},
     ),
 }
 

@@ -238,3 +238,21 @@ def test_speed_report(capsys: pytest.CaptureFixture) -> None:
     with capsys.disabled():
         print("\n[mcdrl.synthetic] render_case at %dpx, ms/frame (wall / cpu): " % SIZE
               + ", ".join(f"{k} {w:.1f} / {c:.1f}" for k, (w, c) in res.items()))
+
+
+def test_centre_prior_does_not_localise() -> None:
+    """Issue 3: lesions anywhere in the FOV, so picking the central 25% of patches scores <= 1.5x the lesion area."""
+    import torch
+    import torch.nn.functional as F
+
+    from mcdrl.clip_eval import localisation_ratios
+    from mcdrl.synthetic import GENERIC_MIXTURE, sample_case
+
+    fracs = []
+    for s in range(120):
+        m = sample_case(GENERIC_MIXTURE, seed=50_000 + s, size=160).mask
+        if m.any():
+            fracs.append(F.adaptive_avg_pool2d(torch.from_numpy(m).float()[None, None], 10).flatten(1))
+    ratios = localisation_ratios(torch.rand(len(fracs), 100), torch.cat(fracs), 0.25, 10)
+    assert ratios["centre_prior"] <= 1.5, ratios
+    assert 0.8 <= ratios["random"] <= 1.2, ratios

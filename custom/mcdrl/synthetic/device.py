@@ -109,11 +109,12 @@ def fov_mask(shape: str, radius: float, size: int) -> np.ndarray:
 
 
 @lru_cache(maxsize=32)
-def fov_points(shape: str, radius: float, size: int, shrink: float = 0.88) -> np.ndarray:
-    """(N, 2) float32 (y, x) pixel centres uniformly covering the FOV shrunk by ``shrink``.
+def fov_points(shape: str, radius: float, size: int, shrink: float = 1.0) -> np.ndarray:
+    """(N, 2) float32 (y, x) pixel centres uniformly covering the FOV scaled about the centre by ``shrink``.
 
-    Lesion centres are drawn uniformly from these (plus sub-pixel jitter): uniform over the FOV,
-    with no centre prior.
+    Lesion centres are drawn uniformly from these (plus sub-pixel jitter): anywhere inside the whole
+    FOV, so a lesion near the edge is cut by the FOV border as in real frames, and a centre prior
+    localises lesions only ~1.25x better than chance (it scored 1.87x with the FOV shrunk to 0.88).
     """
     yy, xx = grid(size)
     c = size / 2.0

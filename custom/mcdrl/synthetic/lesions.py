@@ -33,7 +33,7 @@ MAX_RADIUS = 0.32  # cap after near-view zoom, fraction of image side
 
 
 def place_lesion(rng: np.random.Generator, fov_pts: np.ndarray) -> tuple[float, float]:
-    """Lesion centre ``(cy, cx)`` drawn uniformly over the (shrunk) FOV: no centre prior."""
+    """Lesion centre ``(cy, cx)`` drawn uniformly over the whole FOV: no centre prior."""
     y, x = fov_pts[int(rng.integers(0, len(fov_pts)))]
     return float(y + rng.uniform(-0.5, 0.5)), float(x + rng.uniform(-0.5, 0.5))
 

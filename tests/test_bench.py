@@ -145,6 +145,31 @@ def test_folded_intervention_equals_sdpa_reference_forward_backward_and_traced(d
         assert (traced(x, z) - reference_block(block, x, z)).abs().max().item() <= 1e-4
 
 
+def test_eval_fold_cache_follows_weight_and_dictionary_changes():
+    """The eval-time fold cache never serves stale matrices: in-place updates, load_state_dict and a new dictionary."""
+    torch.manual_seed(0)
+    block = randomise_linears(InterventionBlock(64, 2)).eval()
+    z = F.normalize(torch.randn(12, 64), dim=-1)
+    x = torch.randn(2, 5, 64)
+    with torch.inference_mode():
+        first = block(x, z)
+        assert block._fold_cache is not None
+        assert torch.equal(block(x, z), first)  # served from the cache
+        assert (first - reference_block(block, x, z)).abs().max().item() <= 1e-4
+    with torch.no_grad():
+        block.q_proj.weight.mul_(1.5)  # in-place, as an optimiser step
+        assert (block(x, z) - reference_block(block, x, z)).abs().max().item() <= 1e-4
+        other = randomise_linears(InterventionBlock(64, 2))
+        block.load_state_dict(other.state_dict())
+        assert (block(x, z) - reference_block(other, x, z)).abs().max().item() <= 1e-4
+        z2 = F.normalize(torch.randn(12, 64), dim=-1)
+        assert (block(x, z2) - reference_block(other, x, z2)).abs().max().item() <= 1e-4
+    block.train()
+    assert block._fold_cache is None
+    out = block(x, z)
+    assert out.requires_grad and block._fold_cache is None  # never cached with autograd on
+
+
 def test_state_dict_keys_unchanged_by_benchmark_builds():
     """The benchmark's networks are the bundle's: same key set as a network built part by part."""
     net = build_network(TINY, heads=2, decoder_channels=(16, 8))

@@ -10,6 +10,8 @@ The residual keeps the image content; pure attention output would replace it wit
 
 Speed: with only M = 12 keys, the attention is computed with W_q folded into the keys and W_o into the values
 (:meth:`InterventionBlock._attend_folded`), which skips projecting every region token through two d x d matrices.
+In eval without autograd the folded matrices depend only on the weights and the dictionary, so they are cached and
+recomputed whenever either changes (in place or by a device/dtype move).
 """
 
 from __future__ import annotations
@@ -53,6 +55,7 @@ class InterventionBlock(nn.Module):
         for layer in (self.out_proj, self.ffn[2]):
             nn.init.zeros_(layer.weight)
             nn.init.zeros_(layer.bias)
+        self._fold_cache: tuple | None = None  # (key, (a_w, a_b, u)) of the last eval-time fold
 
     def _qkv(self, x: torch.Tensor, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         b, n, d = x.shape
@@ -88,7 +91,27 @@ class InterventionBlock(nn.Module):
         per-call cost of 2 M d^2 to fold, independent of N and B. Used when heads * M < d.
         """
         b, n, d = x.shape
-        h = self.heads
+        h, m = self.heads, z.shape[0]
+        a_w, a_b, u = self._folded(z)
+        scores = torch.addmm(a_b, self.norm_q(x).reshape(b * n, d), a_w).view(b * n, h, m)
+        p = torch.softmax(scores, dim=-1).view(b * n, h * m)  # == attention_weights(x, z), (B*N, heads*M)
+        return torch.addmm(self.out_proj.bias, p, u).view(b, n, d)
+
+    def _folded(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The folded matrices a_w (d, heads*M), a_b (heads*M,) and u (heads*M, d) for dictionary z (M, d).
+
+        Cached in eval mode without autograd (not while tracing or compiling); the cache key holds the storage and
+        in-place version counter of z and of every weight used, so a weight update, ``load_state_dict`` or ``.to()``
+        invalidates it.
+        """
+        cacheable = not (self.training or torch.is_grad_enabled() or torch.jit.is_tracing() or torch.jit.is_scripting() or torch.compiler.is_compiling())
+        if cacheable:
+            tensors = (z, self.norm_kv.weight, self.norm_kv.bias, self.k_proj.weight, self.k_proj.bias, self.v_proj.weight, self.v_proj.bias,
+                       self.q_proj.weight, self.q_proj.bias, self.out_proj.weight)
+            key = tuple((t.data_ptr(), t._version, t.dtype, tuple(t.shape)) for t in tensors)
+            if self._fold_cache is not None and self._fold_cache[0] == key:
+                return self._fold_cache[1]
+        d, h = z.shape[-1], self.heads
         c = d // h
         zn = self.norm_kv(z)
         k = self.k_proj(zn).view(-1, h, c)  # (M, h, c)
@@ -97,10 +120,14 @@ class InterventionBlock(nn.Module):
         scale = c**-0.5
         a_w = torch.einsum("hci,mhc->ihm", self.q_proj.weight.view(h, c, d), k).reshape(d, h * m) * scale
         a_b = torch.einsum("hc,mhc->hm", self.q_proj.bias.view(h, c), k).reshape(h * m) * scale
-        scores = torch.addmm(a_b, self.norm_q(x).reshape(b * n, d), a_w).view(b * n, h, m)
-        p = torch.softmax(scores, dim=-1).view(b * n, h * m)  # == attention_weights(x, z), (B*N, heads*M)
         u = torch.einsum("mhc,ohc->hmo", v, self.out_proj.weight.view(d, h, c)).reshape(h * m, d)
-        return torch.addmm(self.out_proj.bias, p, u).view(b, n, d)
+        if cacheable:
+            self._fold_cache = (key, (a_w, a_b, u))
+        return a_w, a_b, u
+
+    def train(self, mode: bool = True):
+        self._fold_cache = None
+        return super().train(mode)
 
 
 class CausalIntervention(nn.Module):

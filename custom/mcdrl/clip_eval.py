@@ -2,7 +2,9 @@
 
 ``python -m mcdrl.clip_eval --clip_model mcdrl-demo-vit --clip_weights FILE --n 400 --out results.json``
 
-* imaging mode: NBI vs white light, top-1 of the two confounder prompts;
+* imaging mode: NBI vs white light, top-1 of the two confounder prompts, on images rendered in one of the two modes
+  (``white light imaging`` is a rendered mode in this world: the HD processor look). Plain frames, which no caption
+  names a mode for, are added in ``nbi_vs_white_light_top1_all_images`` (counted as white light);
 * lighting: bright / dark / uneven, top-1 of three (images with exactly one of them);
 * distance: near vs far, top-1 of two (images with one of them);
 * presence AUC of blur, artifacts, mucus, blood and specular reflection: score = cos(image, "An endoscopy image with X")
@@ -119,7 +121,9 @@ def evaluate_clip(model_name: str, weights_path: str | None, n: int = 400, seed:
         truth = torch.tensor([next(j for j, k in enumerate(names) if k in confs[i] or (k == "white light imaging" and "narrow-band imaging" not in confs[i])) for i in idx])
         return float((pred == truth).float().mean()), len(idx)
 
-    res["nbi_vs_white_light_top1"], _ = top1(["narrow-band imaging", "white light imaging"], lambda c: True)
+    modes = {"narrow-band imaging", "white light imaging"}
+    res["nbi_vs_white_light_top1"], res["nbi_vs_white_light_n"] = top1(["narrow-band imaging", "white light imaging"], lambda c: len(c & modes) == 1)
+    res["nbi_vs_white_light_top1_all_images"], _ = top1(["narrow-band imaging", "white light imaging"], lambda c: True)
     res["lighting_top1"], res["lighting_n"] = top1(LIGHTING, lambda c: len(c & set(LIGHTING)) == 1)
     res["near_vs_far_top1"], res["near_far_n"] = top1(["a near view", "a far view"], lambda c: len(c & {"a near view", "a far view"}) == 1)
     res["presence_auc"] = {}

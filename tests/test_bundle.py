@@ -45,6 +45,15 @@ def test_intervention_switches_on_at_configured_epoch_and_terms_are_logged(train
     assert all(r["loss_seg"] > 0 and "loss_contrast" in r for r in records)
 
 
+
+def test_model_selection_restarts_when_the_intervention_comes_on(trained_bundle):
+    """select_after_causal_start: model.pt is an epoch with the intervention on (epoch 3 of 3 here), even when an
+    earlier epoch validated better. The zero-initialised intervention output stays exactly zero until the blocks
+    train, so non-zero out_proj weights in model.pt prove it comes from epoch 3."""
+    assert "model selection restarts now that the intervention is on" in trained_bundle["log"]
+    state = torch.load(trained_bundle["root"] / "models" / "model.pt", weights_only=True)
+    assert state["intervention.layers.0.out_proj.weight"].abs().sum() > 0
+
 def test_evaluate_cli_writes_per_image_metrics_csv(trained_bundle, tiny_world):
     out = trained_bundle["root"] / "eval"
     overrides = tiny_train_overrides(tiny_world, trained_bundle["root"])

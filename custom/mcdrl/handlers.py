@@ -35,14 +35,24 @@ class InterventionSchedule:
     the epoch alone, so a resumed run restores it without storing anything. Validation after an epoch runs with the
     same setting as the epoch it follows.
 
+    [ours] With ``select_after_start``, model selection forgets the epochs before the switch: when the intervention
+    comes on, the validator's best metric and the key-metric checkpoint savers are reset, so ``model.pt`` is the best
+    epoch of the configured model (intervention on), never a pre-intervention network.
+
     Args:
         network: the MCDRL network (wrapped or not).
         start_epoch: the number of epochs trained without the intervention (0 = on from the start).
+        validator: the evaluator whose ``best_metric`` is reset (with ``select_after_start``).
+        key_metric_savers: MONAI ``CheckpointSaver`` handlers whose key-metric checkpoint is reset.
+        select_after_start: reset model selection when the intervention comes on.
     """
 
-    def __init__(self, network, start_epoch: int = 10):
+    def __init__(self, network, start_epoch: int = 10, validator=None, key_metric_savers=(), select_after_start: bool = False):
         self.network = network
         self.start_epoch = int(start_epoch)
+        self.validator = validator
+        self.key_metric_savers = list(key_metric_savers or [])
+        self.select_after_start = bool(select_after_start)
 
     def attach(self, engine: Engine) -> None:
         engine.add_event_handler(Events.EPOCH_STARTED, self)
@@ -54,6 +64,19 @@ class InterventionSchedule:
             logger.info("epoch %d: causal intervention %s%s", engine.state.epoch, "ON" if active else "OFF",
                         "" if net.use_intervention else " (disabled by use_intervention=false)")
         net.intervention_active = active
+        if self.select_after_start and self.start_epoch > 0 and engine.state.epoch == self.start_epoch + 1:
+            self.reset_selection()
+
+    def reset_selection(self) -> None:
+        """Forget the best metric so far: the next validation's checkpoint becomes ``model.pt``."""
+        if self.validator is not None:
+            self.validator.state.best_metric = -1
+            self.validator.state.best_metric_epoch = -1
+        for saver in self.key_metric_savers:
+            ckpt = getattr(saver, "_key_metric_checkpoint", None)
+            if ckpt is not None:
+                ckpt._saved = []  # ignite keeps the n best here; empty -> the next score is saved (same file name)
+        logger.info("model selection restarts now that the intervention is on (select_after_causal_start)")
 
 
 class LossTermsLogger:

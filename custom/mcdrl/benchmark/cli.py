@@ -44,6 +44,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--ablation_sites", nargs="+", default=None, help="held-out sites of the ablation grid (default: the profile's)")
     p.add_argument("--sites", nargs="+", default=None, help="override the profile's sites")
     p.add_argument("--seeds", nargs="+", type=int, default=None, help="override the profile's seeds")
+    p.add_argument("--ablation_seeds", nargs="+", type=int, default=None, help="seeds of the ablation grid (default: the profile's)")
     p.add_argument("--epochs", type=int, default=None)
     p.add_argument("--n_per_site", type=int, default=None)
     p.add_argument("--workers", type=int, default=None, help="worker processes (default: the profile's)")
@@ -60,10 +61,14 @@ def main(argv: list[str] | None = None) -> int:
         sites=tuple(args.sites) if args.sites else None, seeds=tuple(args.seeds) if args.seeds else None, epochs=args.epochs,
         n_per_site=args.n_per_site, workers=args.workers, threads=args.threads,
         ablation_sites=tuple(args.ablation_sites) if args.ablation_sites else None,
+        ablation_seeds=tuple(args.ablation_seeds) if args.ablation_seeds else None,
     )
     if "mcdrl" not in args.methods and args.ablations:
         raise SystemExit("--ablations needs the mcdrl method (its runs are the ablations' reference)")
     abl_sites = tuple(profile.ablation_sites or profile.sites) if args.ablations else ()
+    abl_seeds = tuple(profile.ablation_seeds or profile.seeds)
+    if not set(abl_seeds) <= set(profile.seeds):
+        raise SystemExit(f"--ablation_seeds {list(abl_seeds)} must be seeds of the main grid {list(profile.seeds)} (full MCDRL is their reference)")
     unknown = [s for s in abl_sites if s not in profile.sites]
     if unknown:
         raise SystemExit(f"--ablation_sites {unknown} are not sites of the profile ({list(profile.sites)})")
@@ -73,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     prep = runner.prepare(profile, args.clip_model, args.clip_weights, args.dictionary_path, args.cache_dir, sizes)
     print(f"prepared in {sum(prep.timings.values()):.0f} s ({', '.join(f'{k} {v:.0f}' for k, v in prep.timings.items())}); runs in {prep.work_dir}", flush=True)
     methods = [METHODS[m] for m in METHODS if m in args.methods]
-    cells = [(m, profile.sites) for m in methods] + ([(m, abl_sites) for m in ABLATIONS.values()] if args.ablations else [])
+    cells = [(m, profile.sites) for m in methods] + ([(m, abl_sites, abl_seeds) for m in ABLATIONS.values()] if args.ablations else [])
     all_records = runner.run_grid(prep, cells, profile.seeds)
     main_names = {m.name for m in methods}
     records = [r for r in all_records if r["method"] in main_names]
@@ -107,9 +112,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.ablations:
         meta = {**meta, "ablation_sites_note": "" if set(abl_sites) == set(profile.sites) else
                 f"Held-out subset {', '.join(abl_sites)} (every other site of the world; fixed in the profile before any result) to fit the CPU budget.",
+                "ablation_seeds": list(abl_seeds), "ablation_seeds_note": "" if set(abl_seeds) == set(profile.seeds) else
+                f"Seeds {list(abl_seeds)} only (fixed in the profile before any result) to fit the CPU budget; full MCDRL, the reference, is summarised over the same seeds.",
                 "dictionary_prompts": {str(k): dictionary_prompts(k) for k in sorted(sizes + [ABLATION_REFERENCE['dictionary size']])}}
         abl = report.write_ablation_report(out, ablation_records, list(ABLATIONS.values()), [r for r in records if r["method"] == "mcdrl"],
-                                           ABLATION_REFERENCE, abl_sites, profile.seeds, meta)
+                                           ABLATION_REFERENCE, abl_sites, abl_seeds, meta)
         for group, entries in abl["groups"].items():
             print(f"{group}: " + ", ".join(f"{e['value']}: {100 * e['dice_mean']:.1f}" for e in entries))
     print(f"wrote {out}/loso.json, loso.md, loso.png, loso_raw/" + (", ablations.*" if args.ablations else "") + f" in {wall / 60:.1f} min", flush=True)

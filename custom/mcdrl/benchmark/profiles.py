@@ -52,6 +52,7 @@ class Profile:
         views: cached views per training image (the 4 flips; GIN: GIN applied to each of the 4 flips).
         decoder_channels: the head's stage widths (the same for every method).
         ablation_sites: held-out sites of the ablation grid (None = all of ``sites``).
+        ablation_seeds: training seeds of the ablation grid (None = ``seeds``).
         workers: parallel worker processes (each runs whole runs with ``threads`` torch threads).
     """
 
@@ -67,6 +68,7 @@ class Profile:
     causal_start_fraction: float = TRAIN_DEFAULTS["causal_start_epoch"] / TRAIN_DEFAULTS["max_epochs"]
     decoder_channels: tuple[int, ...] = (64, 32, 16, 8)
     ablation_sites: tuple[str, ...] | None = None
+    ablation_seeds: tuple[int, ...] | None = None
     workers: int = 2
     threads: int = 1
     train: dict = field(default_factory=lambda: dict(TRAIN_DEFAULTS))
@@ -114,7 +116,7 @@ PROFILES: dict[str, Profile] = {
     ),
     "full": Profile(
         name="full", sites=("A", "B", "C", "D", "E", "F"), n_per_site=60, image_size=224, val_fraction=0.2,
-        world_seed=2026, seeds=(0, 1, 2), epochs=8, ablation_sites=("A", "C", "E"), workers=2,
+        world_seed=2026, seeds=(0, 1, 2), epochs=8, ablation_sites=("A", "C", "E"), ablation_seeds=(0,), workers=2,
         train={**TRAIN_DEFAULTS, **BUDGET_RECIPE},
     ),
 }

@@ -285,7 +285,7 @@ def _loso_markdown(doc: dict, summaries: dict, methods, sites, seeds, meta: dict
 def write_ablation_report(out_dir, records: list[dict], ablations, reference_records: list[dict], reference_values: dict, sites, seeds, meta: dict) -> dict:
     """Write ablations.json, ablations.md and ablations.png. ``reference_records`` are full MCDRL's runs on ``sites``."""
     out_dir = Path(out_dir)
-    ref = summarise([r for r in reference_records if r["held_out"] in sites], sites, seeds)
+    ref = summarise([r for r in reference_records if r["held_out"] in sites and r["seed"] in seeds], sites, seeds)
     groups: dict = {}
     for group, value in reference_values.items():
         groups[group] = [{"method": "mcdrl", "value": value, **_short(ref)}]
@@ -301,7 +301,7 @@ def write_ablation_report(out_dir, records: list[dict], ablations, reference_rec
              f"Held-out sites {', '.join(sites)}, seeds {list(seeds)}; Dice and IoU in %, LOSO mean ± std over seeds. The row marked * is full MCDRL "
              "(the same runs as in loso.md, restricted to these held-out sites). Each ablation changes one setting of full MCDRL; "
              "everything else (data, views, batches, steps, epoch selection on source validation) is the same. "
-             f"{meta.get('ablation_sites_note', '')}", ""]
+             f"{meta.get('ablation_sites_note', '')} {meta.get('ablation_seeds_note', '')}".rstrip(), ""]
     for group, entries in groups.items():
         lines += [f"## {group}", "", f"| {group} | Dice | IoU | " + " | ".join(f"Dice {s}" for s in sites) + " |", "|---|---|---|" + "---|" * len(sites)]
         for e in entries:

@@ -93,7 +93,7 @@ def prepare(profile: Profile, clip_model: str, clip_weights, dictionary_path, ca
                              anchor_template=meta["anchor_template"], background_prompt=meta["background_prompt"], model=clip)
         dictionaries[size] = (str(path), size)
     timings["dictionaries_s"] = time.perf_counter() - t
-    identity = {k: v for k, v in asdict(profile).items() if k not in ("workers", "threads", "seeds", "ablation_sites")}
+    identity = {k: v for k, v in asdict(profile).items() if k not in ("workers", "threads", "seeds", "ablation_sites", "ablation_seeds")}
     fingerprint = hashlib.sha256(json.dumps([identity, clip_model, backbone.weights_sha256, _sha(dictionary_path)], sort_keys=True, default=str).encode()).hexdigest()[:10]
     work_dir = cache_dir / "runs" / f"{profile.name}-{fingerprint}"
     work_dir.mkdir(parents=True, exist_ok=True)
@@ -126,18 +126,19 @@ def _work(task: tuple[Method, str, int, str]) -> tuple[str, dict]:
     return out_path, result
 
 
-def run_grid(prep: Prepared, cells: list[tuple[Method, tuple[str, ...]]], seeds, progress=print) -> list[dict]:
-    """Run (or reuse) every (method, held-out site, seed) of ``cells`` = [(method, held-out sites), ...] in one pool.
+def run_grid(prep: Prepared, cells: list[tuple], seeds, progress=print) -> list[dict]:
+    """Run (or reuse) every (method, held-out site, seed) of ``cells`` in one pool.
 
-    Returns the result records in grid order.
+    ``cells`` = [(method, held-out sites), ...] or [(method, held-out sites, seeds), ...] (the cell's own seeds
+    instead of ``seeds``). Returns the result records in grid order.
     """
     tasks, results, order = [], {}, []
-    for method, sites in cells:
+    for method, sites, *cell_seeds in cells:
         settings = method.settings(prep.profile.train)
         if settings["dictionary_size"] not in prep.dictionaries:
             raise ConfigError(f"method {method.name}: no dictionary of size {settings['dictionary_size']} was prepared")
         for site in sites:
-            for seed in seeds:
+            for seed in (cell_seeds[0] if cell_seeds else seeds):
                 path = str(Path(prep.work_dir) / f"{run_id(method, site, seed, settings)}.json")
                 order.append(path)
                 if os.path.isfile(path):

@@ -25,7 +25,9 @@ __all__ = ["World", "ensure_world", "load_world"]
 
 
 def world_name(sites, n_per_site: int, seed: int, size: int, val_fraction: float) -> str:
-    return f"world-{''.join(sites)}-n{n_per_site}-s{seed}-{size}px-v{val_fraction:g}"
+    from ..synthetic import GENERATOR_VERSION
+
+    return f"world-{''.join(sites)}-n{n_per_site}-s{seed}-{size}px-v{val_fraction:g}-g{GENERATOR_VERSION}"
 
 
 def ensure_world(cache_dir: str | os.PathLike, sites, n_per_site: int, seed: int, size: int, val_fraction: float) -> Path:

@@ -29,8 +29,12 @@ from .figure import make_site_figure
 from .render import Case, make_caption, render_case
 from .sites import GENERIC_MIXTURE, SITES, SiteSpec, derive_seed, draw_case_params, sample_case
 
+#: Bumped whenever the same arguments render different pixels (caches of generated worlds include it).
+#: 2: lesion centres anywhere in the whole FOV (1: FOV shrunk to 0.88).
+GENERATOR_VERSION = 2
+
 __all__ = [
-    "Case", "DeviceTraits", "GENERIC_MIXTURE", "SITES", "SiteSpec", "derive_seed", "draw_case_params",
+    "GENERATOR_VERSION", "Case", "DeviceTraits", "GENERIC_MIXTURE", "SITES", "SiteSpec", "derive_seed", "draw_case_params",
     "generate_dataset", "make_caption", "make_site_figure", "render_case", "sample_case", "write_dicom_rgb",
     "write_nifti", "write_png",
 ]

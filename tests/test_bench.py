@@ -164,6 +164,15 @@ def test_eval_fold_cache_follows_weight_and_dictionary_changes():
         assert (block(x, z) - reference_block(other, x, z)).abs().max().item() <= 1e-4
         z2 = F.normalize(torch.randn(12, 64), dim=-1)
         assert (block(x, z2) - reference_block(other, x, z2)).abs().max().item() <= 1e-4
+        z2_copy = z2.clone()
+        z2.mul_(-1)  # the same storage, new values
+        assert (block(x, z2) - reference_block(other, x, z2)).abs().max().item() <= 1e-4
+        z2.copy_(z2_copy)
+        fp32 = block(x, z2)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            block(x, z2)
+            assert block._fold_cache[2][0].dtype == torch.bfloat16
+        assert torch.equal(block(x, z2), fp32)  # the bf16 fold is not served to the fp32 path
     block.train()
     assert block._fold_cache is None
     out = block(x, z)

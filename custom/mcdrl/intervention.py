@@ -55,7 +55,7 @@ class InterventionBlock(nn.Module):
         for layer in (self.out_proj, self.ffn[2]):
             nn.init.zeros_(layer.weight)
             nn.init.zeros_(layer.bias)
-        self._fold_cache: tuple | None = None  # (key, (a_w, a_b, u)) of the last eval-time fold
+        self._fold_cache: tuple | None = None  # (key, z, (a_w, a_b, u)) of the last eval-time fold
 
     def _qkv(self, x: torch.Tensor, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         b, n, d = x.shape
@@ -100,17 +100,23 @@ class InterventionBlock(nn.Module):
     def _folded(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The folded matrices a_w (d, heads*M), a_b (heads*M,) and u (heads*M, d) for dictionary z (M, d).
 
-        Cached in eval mode without autograd (not while tracing or compiling); the cache key holds the storage and
-        in-place version counter of z and of every weight used, so a weight update, ``load_state_dict`` or ``.to()``
-        invalidates it.
+        Cached in eval mode without autograd (not while tracing or compiling). A cached fold is reused only when the
+        autocast state, the storage and in-place version counter of every weight used, and the values of z (compared
+        exactly; M x d is tiny next to the fold) are unchanged, so switching autocast, a weight update,
+        ``load_state_dict``, ``.to()`` or another dictionary invalidates it. Weights created under inference mode
+        have no version counter and are never cached.
         """
-        cacheable = not (self.training or torch.is_grad_enabled() or torch.jit.is_tracing() or torch.jit.is_scripting() or torch.compiler.is_compiling())
+        params = (self.norm_kv.weight, self.norm_kv.bias, self.k_proj.weight, self.k_proj.bias, self.v_proj.weight, self.v_proj.bias,
+                  self.q_proj.weight, self.q_proj.bias, self.out_proj.weight)
+        cacheable = not (self.training or torch.is_grad_enabled() or torch.jit.is_tracing() or torch.jit.is_scripting()
+                         or torch.compiler.is_compiling() or any(p.is_inference() for p in params))
         if cacheable:
-            tensors = (z, self.norm_kv.weight, self.norm_kv.bias, self.k_proj.weight, self.k_proj.bias, self.v_proj.weight, self.v_proj.bias,
-                       self.q_proj.weight, self.q_proj.bias, self.out_proj.weight)
-            key = tuple((t.data_ptr(), t._version, t.dtype, tuple(t.shape)) for t in tensors)
-            if self._fold_cache is not None and self._fold_cache[0] == key:
-                return self._fold_cache[1]
+            device = z.device.type
+            key = (torch.is_autocast_enabled(device), torch.get_autocast_dtype(device), z.dtype, z.device, tuple(z.shape),
+                   tuple((p.data_ptr(), p._version, p.dtype) for p in params))
+            cached = self._fold_cache
+            if cached is not None and cached[0] == key and torch.equal(cached[1], z):
+                return cached[2]
         d, h = z.shape[-1], self.heads
         c = d // h
         zn = self.norm_kv(z)
@@ -122,7 +128,7 @@ class InterventionBlock(nn.Module):
         a_b = torch.einsum("hc,mhc->hm", self.q_proj.bias.view(h, c), k).reshape(h * m) * scale
         u = torch.einsum("mhc,ohc->hmo", v, self.out_proj.weight.view(d, h, c)).reshape(h * m, d)
         if cacheable:
-            self._fold_cache = (key, (a_w, a_b, u))
+            self._fold_cache = (key, z.clone(), (a_w, a_b, u))
         return a_w, a_b, u
 
     def train(self, mode: bool = True):

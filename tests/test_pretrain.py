@@ -30,6 +30,7 @@ def test_pretrain_workflow_writes_loadable_weights_and_evaluator_runs(tmp_path):
     assert clip is not None
     res = evaluate_clip(TINY, str(out), n=12, batch_size=6)
     assert 0.0 <= res["nbi_vs_white_light_top1"] <= 1.0 and 0.0 <= res["retrieval_r5"] <= 1.0
+    assert 0.0 <= res["motion_blur_pixel_baseline_auc"] <= 1.0 or math.isnan(res["motion_blur_pixel_baseline_auc"])
     loc = res["localisation"]["maskclip/max_minus_background"]
     assert all(math.isfinite(v) for v in loc.values())
 

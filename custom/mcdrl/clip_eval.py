@@ -10,6 +10,8 @@
 * presence AUC of blur, artifacts, mucus, blood and specular reflection: score = cos(image, "An endoscopy image with X")
   - cos(image, "An endoscopy image"), against whether X was rendered;
 * lesion class zero-shot top-1 over the 5 class prompts (images with a lesion; chance 20%);
+* a pixel baseline for motion blur: the AUC of minus the variance of a Laplacian of the grey CLIP-size image (central
+  half), i.e. whether the cue is present in the pixels the CLIP sees;
 * image -> caption retrieval R@1 / R@5 among the evaluated images;
 * MTRS localisation at alpha: the lesion fraction of the selected positions divided by the lesion's area fraction,
   averaged over lesion images, next to the same ratio for random selection and for a centre prior, for every
@@ -91,12 +93,15 @@ def evaluate_clip(model_name: str, weights_path: str | None, n: int = 400, seed:
     t_cls = text([CLASS_TEMPLATE.format(cls=c) for c in LESION_CLASSES])
     t_bg = text([BACKGROUND_PROMPT])[0]
 
-    img_emb, caps, confs, classes, fracs = [], [], [], [], []
+    img_emb, caps, confs, classes, fracs, sharpness = [], [], [], [], [], []
+    laplace = torch.tensor([[0.0, 1.0, 0.0], [1.0, -4.0, 1.0], [0.0, 1.0, 0.0]])[None, None]
     dense = {r: [] for r in backbones}
     for start in range(0, n, batch_size):
         cases = [sample_case(GENERIC_MIXTURE, seed=seed + i) for i in range(start, min(n, start + batch_size))]
         x = torch.stack([torch.from_numpy(c.image).permute(2, 0, 1).float() / 255.0 for c in cases])
         x = F.interpolate(x, size=[size, size], mode="bilinear", align_corners=False, antialias=True).clamp(0, 1)
+        q = size // 4
+        sharpness.append(F.conv2d(x.mean(1, keepdim=True), laplace)[:, 0, q:-q, q:-q].flatten(1).var(dim=1))
         for r, bb in backbones.items():
             tokens, pooled = bb.forward_tokens(x)
             dense[r].append(tokens.float())
@@ -130,6 +135,7 @@ def evaluate_clip(model_name: str, weights_path: str | None, n: int = 400, seed:
     for k in PRESENCE:
         s = (img @ t_conf[k] - img @ t_neutral).numpy()
         res["presence_auc"][k] = auc(s, np.array([k in c for c in confs]))
+    res["motion_blur_pixel_baseline_auc"] = auc(-torch.cat(sharpness).numpy(), np.array(["motion blur" in c for c in confs]))
     les = cls >= 0
     res["lesion_class_top1"] = float(((img[les] @ t_cls.t()).argmax(1) == cls[les]).float().mean())
     t_caps = torch.cat([text(caps[i : i + 64]) for i in range(0, len(caps), 64)])

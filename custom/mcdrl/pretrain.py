@@ -16,8 +16,8 @@ never our sites), with two terms:
   when there is none), and for each of the 12 confounders, cos(image, "An endoscopy image with {z}") minus
   cos(image, "An endoscopy image") is a logit for whether z was rendered (binary cross-entropy). A caption names the
   lesion among up to six confounders; on its own the contrastive loss learned the class slowly (27% zero-shot after
-  280 steps) and never learned motion blur (presence AUC 0.53 after 950 steps, where a Laplacian-variance feature
-  scores 0.83).
+  280 steps) and did not learn motion blur (presence AUC 0.56 after 950 steps; see ``mcdrl.clip_eval``'s pixel
+  baseline for how visible the cue is).
 
 The result is an ordinary open_clip weights file (``.safetensors``) that the configs point to, exactly as a user
 points them at OpenAI or BiomedCLIP weights. Run it as the bundle workflow ``bundle/configs/pretrain_clip.json``.

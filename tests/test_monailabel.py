@@ -3,7 +3,7 @@ fine-tuning our bundle from its own virtual environment (.venv-monailabel, pydic
 
 Fast tests run in the main venv and mimic what MONAI Label's ``BundleInferTask`` / ``BundleTrainTask`` do with the
 configs. The ``slow`` tests build the MONAI Label venv if it is missing (``scripts/monailabel_setup.py env``, a
-one-time ~9 min / 8 GB install), start ``python -m monailabel.main start_server`` on 127.0.0.1 with the tiny test
+one-time install: ~3.5 min and 3 GB with torch hard-linked from the project venv), start ``python -m monailabel.main start_server`` on 127.0.0.1 with the tiny test
 CLIP, and talk HTTP to it; the server's whole process group is killed at the end, whatever happens.
 """
 
@@ -315,6 +315,59 @@ def test_setup_script_places_the_bundle(tmp_path):
     assert " ".join(cmd).endswith(f"--conf models {MODEL} --conf zoo_source ngc --conf sam2 false --host 127.0.0.1 --port 8123")
 
 
+def _fake_dist(site: Path, name: str, version: str, files: dict[str, str], scripts: dict[str, str] | None = None) -> None:
+    """A minimal installed distribution: its files, and a dist-info with METADATA, RECORD and entry points."""
+    info = site / f"{name.replace('-', '_')}-{version}.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n")
+    if scripts:
+        (info / "entry_points.txt").write_text("[console_scripts]\n" + "".join(f"{k} = {v}\n" for k, v in scripts.items()))
+    for rel, text in files.items():
+        (site / rel).parent.mkdir(parents=True, exist_ok=True)
+        (site / rel).write_text(text)
+    listed = [*files, f"{info.name}/METADATA", f"{info.name}/RECORD", *([f"{info.name}/entry_points.txt"] if scripts else []),
+              *(f"../../../bin/{k}" for k in scripts or {})]
+    (info / "RECORD").write_text("".join(f"{r},,\n" for r in listed))
+
+
+def _bare_venv(path: Path) -> Path:
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(path)], check=True)
+    return Path(subprocess.run([str(path / "bin" / "python"), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                               check=True, capture_output=True, text=True).stdout.strip())
+
+
+def test_torch_is_hard_linked_from_the_project_venv(tmp_path):
+    donor, target = tmp_path / "donor", tmp_path / "target"
+    site = _bare_venv(donor)
+    _fake_dist(site, "torch", "2.14.1", {"torch/__init__.py": "V = 1\n", "torch/lib/libtorch.so": "x" * 1000},
+               {"torchrun": "torch.distributed.run:main"})
+    _fake_dist(site, "torchvision", "0.29.1", {"torchvision/__init__.py": ""})
+    _fake_dist(site, "nvidia-cublas", "13.1", {"nvidia/cublas/lib/libcublas.so": "y" * 500})
+    _fake_dist(site, "numpy", "2.3.0", {"numpy/__init__.py": ""})  # not torch's: never shared
+    tsite = _bare_venv(target)
+    shared = ml_setup.share_torch(target, donor)
+    assert shared == sum((site / f).stat().st_size for f in ("torch/__init__.py", "torch/lib/libtorch.so", "torchvision/__init__.py",
+                                                             "nvidia/cublas/lib/libcublas.so")) + sum(
+        f.stat().st_size for d in site.glob("*.dist-info") if not d.name.startswith("numpy") for f in d.iterdir())
+    for rel in ("torch/lib/libtorch.so", "nvidia/cublas/lib/libcublas.so", "torch-2.14.1.dist-info/RECORD"):
+        assert (tsite / rel).stat().st_ino == (site / rel).stat().st_ino  # the same bytes, no copy
+    assert not (tsite / "numpy").exists() and not list(tsite.glob("numpy*"))
+    script = (target / "bin" / "torchrun").read_text()
+    assert script.startswith(f"#!{target / 'bin' / 'python'}\n") and "from torch.distributed.run import main" in script
+    # the target's Python sees torch as installed at the pinned version (so pip leaves it alone)
+    out = subprocess.run([str(target / "bin" / "python"), "-c", "from importlib.metadata import version; import torch; "
+                          "print(version('torch'), version('nvidia-cublas'), torch.V)"], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["2.14.1", "13.1", "1"]
+    # a donor with another torch shares nothing, and says why
+    other, other_target = tmp_path / "other", tmp_path / "other_target"
+    osite = _bare_venv(other)
+    _fake_dist(osite, "torch", "2.9.1", {"torch/__init__.py": ""})
+    _fake_dist(osite, "torchvision", "0.24.1", {"torchvision/__init__.py": ""})
+    otsite = _bare_venv(other_target)
+    assert ml_setup.share_torch(other_target, other) == 0 and not list(otsite.iterdir())
+    assert ml_setup.share_torch(other_target, None) == 0
+
+
 # ------------------------------------------------------------------------------------ slow: the real server
 
 
@@ -371,7 +424,7 @@ def _read_png(data: bytes) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def ml_venv() -> Path:
-    """The MONAI Label venv, built by the setup script if it is missing (one-time: ~9 min, ~8 GB with CUDA torch)."""
+    """The MONAI Label venv, built by the setup script if it is missing (one-time: ~3.5 min, ~3 GB with torch shared)."""
     venv = Path(os.environ.get("MONAILABEL_VENV", ml_setup.DEFAULT_VENV))
     if not ml_setup.env_ready(venv):
         proc = subprocess.run([sys.executable, str(SETUP_SCRIPT), "--venv", str(venv), "env"], capture_output=True, text=True, timeout=3000)

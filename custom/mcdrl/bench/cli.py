@@ -6,10 +6,11 @@ Examples:
     python -m mcdrl.bench --quick --output /tmp/b.json --markdown /tmp/b.md   # smoke run, tiny CLIP, seconds
     python -m mcdrl.bench --device cuda        # the same on a GPU, under bf16 autocast
 
-Thread setting: unless ``OMP_WAIT_POLICY`` is already set, ``python -m mcdrl.bench`` sets it to ``PASSIVE`` before
-torch loads. With the OpenMP default (threads spin while waiting) a 2-core machine shared with other jobs runs
-ViT-B-16 several times slower and very noisily; the ``thread_settings`` section of the JSON measures the three
-settings in fresh processes. Export ``OMP_WAIT_POLICY=ACTIVE`` to benchmark the OpenMP default instead.
+Thread setting: the bench leaves OpenMP's settings as the environment has them, which is what ``monai.bundle run``
+inference and MONAI Label get (by default OpenMP threads spin while they wait, which suits small operators such as
+the intervention's). On a 2-core machine shared with other jobs spinning threads fight the other jobs and times get
+slow and noisy; export ``OMP_WAIT_POLICY=PASSIVE`` there. The JSON records the policy of the first run and of every
+update, and its ``thread_settings`` section measures the settings side by side in fresh processes.
 """
 
 from __future__ import annotations
@@ -92,6 +93,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="re-measure only these sections and merge them into the existing --output JSON (forward rows by "
                         "model/batch/size; combine with --models to limit them); the JSON records each update. "
                         "No section: only re-render the JSON and markdown")
+    p.add_argument("--note", default="", help="with --update: why this update was made, recorded with it")
     a = p.parse_args(argv)
     if a.device == "cuda" and not torch.cuda.is_available():
         p.error("--device cuda: no CUDA device is available")
@@ -196,7 +198,8 @@ def run(a: argparse.Namespace, argv: list[str]) -> dict:
         # our own run adds about `threads` to the load; more than that before we started means other jobs ran
         "shared": bool(load_before[0] > 0.5 or peak > cores + 0.5),
     }
-    command = "python -m mcdrl.bench " + shlex.join(argv)
+    shown = [x for i, x in enumerate(argv) if not (x == "--note" or x.startswith("--note=") or (i and argv[i - 1] == "--note"))]
+    command = "python -m mcdrl.bench " + shlex.join(shown)  # the note is recorded on its own
     date = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
     if previous is not None:
         sections = {k: previous.get(k) for k in SECTIONS}
@@ -208,7 +211,10 @@ def run(a: argparse.Namespace, argv: list[str]) -> dict:
             sections[k] = v
         base = {k: v for k, v in previous.items() if k not in SECTIONS}
         if measured:
-            base["updates"] = list(previous.get("updates") or []) + [{"sections": sorted(measured), "command": command, "date": date, "load": load}]
+            update = {"sections": sorted(measured), "command": command, "date": date, "load": load, "OMP_WAIT_POLICY": _wait_policy()}
+            if a.note:
+                update["note"] = a.note
+            base["updates"] = list(previous.get("updates") or []) + [update]
     else:
         sections = {k: measured.get(k) for k in SECTIONS}
         base = {
@@ -218,14 +224,14 @@ def run(a: argparse.Namespace, argv: list[str]) -> dict:
             "device": a.device + (" (bf16 autocast)" if a.device == "cuda" else " (fp32)"),
             "command": command,
             "date": date,
-            "machine": {**machine_info(a.device), "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY")},
+            "machine": {**machine_info(a.device), "OMP_WAIT_POLICY": _wait_policy()},
             "load": load,
             "updates": [],
             "definitions": {
                 "bare_visual": "open_clip `model.visual(x)` on a CLIP-normalised S x S tensor: patch embed, all blocks, ln_post, proj; returns the pooled (B, d) embedding",
                 "mcdrl_eval": "MCDRLNet.eval()(x), x (B, 3, H, W) in [0, 1] -> logits (B, 2, H, W): resize to S, normalise, blocks 1..L-1, MaskCLIP value path instead of block L, dense ln_post+proj, MTRS top-k, gather, 3-layer intervention, scatter, conv decoder, resize back",
                 "baseline_eval": "the same network with use_intervention=False",
-                "intervention_fraction": "time inside net.intervention (forward hooks, all layers) / time of the whole MCDRL eval forward, same runs",
+                "intervention_fraction": "median over MCDRL eval forwards of (time inside net.intervention, forward hooks, all layers) / (time of that whole forward); the forward, selector and head ms of the parts are medians too",
                 "input_sizes": f"the CLIP size S (no resize), {NATIVE_SIZE} (the synthetic demo frames' native size) and {a.large_size} (a larger native size); inputs other than S x S are resized to S inside the network and the logits back; the bare visual always runs at S",
             },
         }
@@ -240,11 +246,14 @@ def run(a: argparse.Namespace, argv: list[str]) -> dict:
     return {**headline, **{k: v for k, v in base.items() if k not in headline}, **sections}
 
 
-def main(argv: list[str] | None = None, wait_policy_set_by_bench: bool = False) -> int:
+def _wait_policy() -> str:
+    return os.environ.get("OMP_WAIT_POLICY") or "unset (OpenMP default: threads spin while waiting)"
+
+
+def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     a = parse_args(argv)
     result = run(a, argv)
-    result["machine"]["OMP_WAIT_POLICY_set_by_bench"] = wait_policy_set_by_bench
     report.write_outputs(result, a.output, a.markdown or None)
     for key, c in result["targets"].items():
         value = "n/a" if c["value"] is None else f"{c['value']:.3f}"

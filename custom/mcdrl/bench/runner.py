@@ -42,23 +42,29 @@ def _run(net, x, use_intervention: bool):
 
 
 def _parts(net, x, repeats: int, device: str) -> dict:
-    """Time spent in the selector, the intervention and the head *inside* real MCDRL eval forwards."""
-    timer = ModuleTimer({"selector": net.selector, "intervention": net.intervention, "head": net.head}, device)
+    """Time spent in the selector, the intervention and the head *inside* real MCDRL eval forwards.
+
+    Each value is the median over ``repeats`` forwards (per forward: the part's time, and its share of that forward),
+    so that one forward slowed by the machine does not move the figure.
+    """
+    names = {"selector": net.selector, "intervention": net.intervention, "head": net.head}
+    timer = ModuleTimer(names, device)
     net.use_intervention = True
-    totals = []
+    per = {k: [] for k in [*names, "forward"]}
     with timer.active():
         for _ in range(repeats):
+            timer.reset()
             sync(device)
             start = time.perf_counter()
             net(x)
             sync(device)
-            totals.append((time.perf_counter() - start) * 1e3)
-    forward = sum(totals)
-    out = {f"{k}_ms": v / repeats for k, v in timer.total_ms.items()}
-    out["forward_ms"] = forward / repeats
-    out["other_ms"] = out["forward_ms"] - sum(timer.total_ms.values()) / repeats
-    out["intervention_fraction"] = timer.total_ms["intervention"] / forward
-    out["head_fraction"] = timer.total_ms["head"] / forward
+            per["forward"].append((time.perf_counter() - start) * 1e3)
+            for k in names:
+                per[k].append(timer.total_ms[k])
+    out = {f"{k}_ms": statistics.median(v) for k, v in per.items()}
+    out["other_ms"] = statistics.median(f - sum(per[k][i] for k in names) for i, f in enumerate(per["forward"]))
+    out["intervention_fraction"] = statistics.median(t / f for t, f in zip(per["intervention"], per["forward"]))
+    out["head_fraction"] = statistics.median(t / f for t, f in zip(per["head"], per["forward"]))
     return out
 
 
@@ -83,7 +89,7 @@ def forward_rows(model_name: str, batches: list[int], sizes: list[int | None], r
                     "baseline": lambda: _run(net, x, False),
                 }
                 t = interleaved(fns, repeats=repeats, warmup=1, device=device)
-                parts = _parts(net, x, max(2, repeats // 2), device)
+                parts = _parts(net, x, max(3, repeats), device)
                 rows.append(
                     {
                         "model": model_name,

@@ -196,6 +196,8 @@ def share_torch(venv: Path, donor: Path | None) -> int:
                 script.write_text(_SCRIPT.format(python=py, module=module, attr=attr.split(".")[0], func=attr))
                 script.chmod(0o755)
     except OSError as ex:  # another filesystem (EXDEV), or links not allowed: pip installs what is missing
+        for info_dir in {Path(f).parts[0] for f in dist["files"] if Path(f).parts[0].endswith(".dist-info")}:
+            shutil.rmtree(dst_site / info_dir, ignore_errors=True)  # never leave a half-linked distribution "installed"
         print(f"torch sharing: hard links from {src_site} failed ({ex}); pip installs torch", flush=True)
         return shared
     print(f"torch sharing: {len(info['dists'])} distributions ({shared / 2**30:.1f} GiB) hard-linked from {src_site}", flush=True)

@@ -368,6 +368,31 @@ def test_torch_is_hard_linked_from_the_project_venv(tmp_path):
     assert ml_setup.share_torch(other_target, None) == 0
 
 
+def test_torch_sharing_that_cannot_link_leaves_no_half_installed_distribution(tmp_path, monkeypatch):
+    import errno
+
+    donor, target = tmp_path / "donor", tmp_path / "target"
+    site = _bare_venv(donor)
+    _fake_dist(site, "torch", "2.14.1", {"torch/__init__.py": "", "torch/lib/a.so": "a", "torch/lib/b.so": "b"})
+    _fake_dist(site, "torchvision", "0.29.1", {"torchvision/__init__.py": ""})
+    tsite = _bare_venv(target)
+    real_link, calls = os.link, []
+
+    def link(src, dst):  # a link inside torch's dist-info fails, as across filesystems
+        calls.append(dst)
+        if "torch-2.14.1.dist-info" in str(dst) and dst.name == "RECORD":
+            raise OSError(errno.EXDEV, "Invalid cross-device link")
+        real_link(src, dst)
+
+    monkeypatch.setattr(ml_setup.os, "link", link)
+    ml_setup.share_torch(target, donor)
+    assert any(Path(c).name == "RECORD" and "torch-2" in str(c) for c in calls)
+    assert not (tsite / "torch-2.14.1.dist-info").exists()  # pip will install torch itself
+    for info in tsite.glob("*.dist-info"):  # whatever was shared is whole
+        assert all((tsite / line.split(",")[0]).is_file() for line in (info / "RECORD").read_text().splitlines()
+                   if not line.startswith("../")), info
+
+
 # ------------------------------------------------------------------------------------ slow: the real server
 
 

@@ -31,8 +31,22 @@ def test_pretrain_workflow_writes_loadable_weights_and_evaluator_runs(tmp_path):
     res = evaluate_clip(TINY, str(out), n=12, batch_size=6)
     assert 0.0 <= res["nbi_vs_white_light_top1"] <= 1.0 and 0.0 <= res["retrieval_r5"] <= 1.0
     assert 0.0 <= res["motion_blur_pixel_baseline_auc"] <= 1.0 or math.isnan(res["motion_blur_pixel_baseline_auc"])
+    assert 0.0 <= res["motion_blur_feature_probe_auc"] <= 1.0 or math.isnan(res["motion_blur_feature_probe_auc"])
     loc = res["localisation"]["maskclip/max_minus_background"]
     assert all(math.isfinite(v) for v in loc.values())
+
+
+def test_feature_probe_finds_a_linear_cue_and_not_noise():
+    from mcdrl.clip_eval import probe_auc
+
+    g = torch.Generator().manual_seed(0)
+    labels = (torch.rand(400, generator=g) < 0.2).numpy()
+    noise = torch.randn(400, 16, generator=g)
+    cue = noise.clone()
+    cue[:, 3] += 1.5 * torch.from_numpy(labels).double().float()  # one feature shifted for positives
+    assert probe_auc(cue, labels) > 0.8
+    assert 0.4 < probe_auc(noise, labels) < 0.6  # out-of-fold scoring: no credit for fitting noise
+    assert probe_auc(cue, labels) == probe_auc(cue, labels)  # deterministic
 
 
 def test_dense_loss_targets_lesion_class_and_background_inside_fov():

@@ -12,6 +12,9 @@
 * lesion class zero-shot top-1 over the 5 class prompts (images with a lesion; chance 20%);
 * a pixel baseline for motion blur: the AUC of minus the variance of a Laplacian of the grey CLIP-size image (central
   half), i.e. whether the cue is present in the pixels the CLIP sees;
+* a feature probe for motion blur: the AUC of an L2-regularised logistic regression on the pooled image embedding,
+  5-fold cross-validated over the evaluated images, i.e. whether the encoder represents the cue at all (if the probe
+  fails too, the text side is not to blame);
 * image -> caption retrieval R@1 / R@5 among the evaluated images;
 * MTRS localisation at alpha: the lesion fraction of the selected positions divided by the lesion's area fraction,
   averaged over lesion images, next to the same ratio for random selection and for a centre prior, for every
@@ -36,7 +39,7 @@ from .prompts import BACKGROUND_PROMPT, CLASS_TEMPLATE, CONFOUNDER_TEMPLATE, LES
 from .region_selection import RegionSelector
 from .utils import atomic_path
 
-__all__ = ["auc", "evaluate_clip", "localisation_ratios"]
+__all__ = ["auc", "evaluate_clip", "localisation_ratios", "probe_auc"]
 
 logger = logging.getLogger("mcdrl.clip_eval")
 PRESENCE = ["motion blur", "imaging artifacts", "mucus", "blood", "specular reflection"]
@@ -73,6 +76,36 @@ def localisation_ratios(scores: torch.Tensor, frac: torch.Tensor, alpha: float, 
 
 
 @torch.no_grad()
+def probe_auc(features: torch.Tensor, labels: np.ndarray, folds: int = 5, l2: float = 1e-2) -> float:
+    """Cross-validated AUC of a logistic-regression probe: features (n, d), binary labels (n,).
+
+    Image i is in fold i % folds; each fold is scored by a probe fit (LBFGS, L2 penalty ``l2`` on the weights) on the
+    other folds, with the features standardised by the training folds' statistics. Returns the AUC of the pooled
+    out-of-fold scores. Deterministic.
+    """
+    x, y = features.double(), torch.as_tensor(np.asarray(labels, dtype=np.float64))
+    scores = torch.zeros(len(y), dtype=torch.float64)
+    fold = torch.arange(len(y)) % folds
+    for f in range(folds):
+        tr, te = fold != f, fold == f
+        mean, std = x[tr].mean(0), x[tr].std(0) + 1e-6
+        xt = (x[tr] - mean) / std
+        w = torch.zeros(x.shape[1], dtype=torch.float64, requires_grad=True)
+        b = torch.zeros((), dtype=torch.float64, requires_grad=True)
+        opt = torch.optim.LBFGS([w, b], max_iter=200, line_search_fn="strong_wolfe")
+
+        def closure():
+            opt.zero_grad()
+            loss = F.binary_cross_entropy_with_logits(xt @ w + b, y[tr]) + l2 * w.pow(2).sum()
+            loss.backward()
+            return loss
+
+        with torch.enable_grad():
+            opt.step(closure)
+        scores[te] = ((x[te] - mean) / std @ w + b).detach()
+    return auc(scores.numpy(), y.numpy().astype(bool))
+
+
 def evaluate_clip(model_name: str, weights_path: str | None, n: int = 400, seed: int = 987_654, alpha: float = 0.25, batch_size: int = 32) -> dict:
     """All the figures above as one dict (see the module docstring)."""
     import open_clip
@@ -136,6 +169,7 @@ def evaluate_clip(model_name: str, weights_path: str | None, n: int = 400, seed:
         s = (img @ t_conf[k] - img @ t_neutral).numpy()
         res["presence_auc"][k] = auc(s, np.array([k in c for c in confs]))
     res["motion_blur_pixel_baseline_auc"] = auc(-torch.cat(sharpness).numpy(), np.array(["motion blur" in c for c in confs]))
+    res["motion_blur_feature_probe_auc"] = probe_auc(img, np.array(["motion blur" in c for c in confs]))
     les = cls >= 0
     res["lesion_class_top1"] = float(((img[les] @ t_cls.t()).argmax(1) == cls[les]).float().mean())
     t_caps = torch.cat([text(caps[i : i + 64]) for i in range(0, len(caps), 64)])

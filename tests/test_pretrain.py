@@ -31,7 +31,8 @@ def test_pretrain_workflow_writes_loadable_weights_and_evaluator_runs(tmp_path):
     res = evaluate_clip(TINY, str(out), n=12, batch_size=6)
     assert 0.0 <= res["nbi_vs_white_light_top1"] <= 1.0 and 0.0 <= res["retrieval_r5"] <= 1.0
     assert 0.0 <= res["motion_blur_pixel_baseline_auc"] <= 1.0 or math.isnan(res["motion_blur_pixel_baseline_auc"])
-    assert 0.0 <= res["motion_blur_feature_probe_auc"] <= 1.0 or math.isnan(res["motion_blur_feature_probe_auc"])
+    assert set(res["feature_probe_auc"]) == set(res["presence_auc"])
+    assert all(0.0 <= v <= 1.0 or math.isnan(v) for v in res["feature_probe_auc"].values())
     loc = res["localisation"]["maskclip/max_minus_background"]
     assert all(math.isfinite(v) for v in loc.values())
 

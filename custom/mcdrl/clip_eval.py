@@ -12,9 +12,9 @@
 * lesion class zero-shot top-1 over the 5 class prompts (images with a lesion; chance 20%);
 * a pixel baseline for motion blur: the AUC of minus the variance of a Laplacian of the grey CLIP-size image (central
   half), i.e. whether the cue is present in the pixels the CLIP sees;
-* a feature probe for motion blur: the AUC of an L2-regularised logistic regression on the pooled image embedding,
-  5-fold cross-validated over the evaluated images, i.e. whether the encoder represents the cue at all (if the probe
-  fails too, the text side is not to blame);
+* a feature probe per presence confounder: the AUC of an L2-regularised logistic regression on the pooled image
+  embedding, 5-fold cross-validated over the evaluated images, i.e. whether the encoder represents the cue at all,
+  whatever the text says (the confounders the prompts do read are its positive controls);
 * image -> caption retrieval R@1 / R@5 among the evaluated images;
 * MTRS localisation at alpha: the lesion fraction of the selected positions divided by the lesion's area fraction,
   averaged over lesion images, next to the same ratio for random selection and for a centre prior, for every
@@ -75,7 +75,6 @@ def localisation_ratios(scores: torch.Tensor, frac: torch.Tensor, alpha: float, 
     return {"mtrs": ratio(sel), "random": ratio(rnd), "centre_prior": ratio(cen)}
 
 
-@torch.no_grad()
 def probe_auc(features: torch.Tensor, labels: np.ndarray, folds: int = 5, l2: float = 1e-2) -> float:
     """Cross-validated AUC of a logistic-regression probe: features (n, d), binary labels (n,).
 
@@ -106,6 +105,7 @@ def probe_auc(features: torch.Tensor, labels: np.ndarray, folds: int = 5, l2: fl
     return auc(scores.numpy(), y.numpy().astype(bool))
 
 
+@torch.no_grad()
 def evaluate_clip(model_name: str, weights_path: str | None, n: int = 400, seed: int = 987_654, alpha: float = 0.25, batch_size: int = 32) -> dict:
     """All the figures above as one dict (see the module docstring)."""
     import open_clip
@@ -169,7 +169,7 @@ def evaluate_clip(model_name: str, weights_path: str | None, n: int = 400, seed:
         s = (img @ t_conf[k] - img @ t_neutral).numpy()
         res["presence_auc"][k] = auc(s, np.array([k in c for c in confs]))
     res["motion_blur_pixel_baseline_auc"] = auc(-torch.cat(sharpness).numpy(), np.array(["motion blur" in c for c in confs]))
-    res["motion_blur_feature_probe_auc"] = probe_auc(img, np.array(["motion blur" in c for c in confs]))
+    res["feature_probe_auc"] = {k: probe_auc(img, np.array([k in c for c in confs])) for k in PRESENCE}
     les = cls >= 0
     res["lesion_class_top1"] = float(((img[les] @ t_cls.t()).argmax(1) == cls[les]).float().mean())
     t_caps = torch.cat([text(caps[i : i + 64]) for i in range(0, len(caps), 64)])

@@ -19,7 +19,7 @@ from conftest import PYTHON, REPO, TINY, save_tiny_clip
 
 from mcdrl.benchmark.features import apply_flip
 from mcdrl.benchmark.gin import gin_augment
-from mcdrl.benchmark.methods import ABLATIONS, METHODS, dictionary_prompts
+from mcdrl.benchmark.methods import ABLATIONS, EXPERIMENTS, METHODS, dictionary_prompts
 from mcdrl.benchmark.model import build_network, encode_trunk, forward_cached, forward_diagnostics, load_backbone
 from mcdrl.benchmark.profiles import TRAIN_DEFAULTS, get_profile
 from mcdrl.benchmark.train import batch_dice
@@ -52,6 +52,9 @@ def test_methods_differ_only_in_their_settings():
     assert (s["mcdrl"]["alpha"], s["mcdrl"]["depth"], s["mcdrl"]["lambda_causal"], s["mcdrl"]["lambda_contrast"]) == (0.5, 3, 0.5, 0.1)
     changed = {name: {k for k, v in m.settings(TRAIN_DEFAULTS).items() if v != s["mcdrl"][k]} for name, m in ABLATIONS.items()}
     assert all(len(c) == 1 for c in changed.values()), changed
+    # an experiment adds its one setting; the published methods' settings (hence their cached run ids) do not change
+    assert EXPERIMENTS["mcdrl_prior"].settings(TRAIN_DEFAULTS) == {**s["mcdrl"], "weighting": "prior"}
+    assert all("weighting" not in v for v in s.values())
 
 
 def test_dictionary_prompts():

@@ -164,6 +164,23 @@ def test_fused_attention_equals_explicit_softmax():
     assert torch.allclose(block(x, z), ref, atol=1e-5)
 
 
+def test_prior_weighting_adds_the_same_prior_expectation_to_every_region():
+    torch.manual_seed(0)
+    block = randomise(InterventionBlock(dim=32, heads=4, weighting="prior")).eval()
+    x, z = torch.randn(2, 5, 32), torch.randn(12, 32)
+    w = block.attention_weights(x, z)
+    assert w.shape == (2, 4, 5, 12) and torch.allclose(w, torch.full_like(w, 1 / 12))
+    # E_z over P(z) = 1/12 of the value vectors: one vector, whatever the region
+    ref = x + block.out_proj(block.v_proj(block.norm_kv(z)).mean(0))
+    ref = ref + block.ffn(block.norm_ffn(ref))
+    assert torch.allclose(block(x, z), ref, atol=1e-5)
+    attn = InterventionBlock(dim=32, heads=4)
+    attn.load_state_dict(block.state_dict())  # same weights, the paper's weighting: the regions' own attention
+    assert not torch.allclose(attn(x, z), block(x, z), atol=1e-3)
+    with pytest.raises(ValueError, match="weighting"):
+        InterventionBlock(dim=32, heads=4, weighting="posterior")
+
+
 def test_use_intervention_false_bypasses_the_layer_exactly(tiny_world):
     torch.manual_seed(0)
     on = build_net(tiny_world).eval()

@@ -29,16 +29,23 @@ class InterventionBlock(nn.Module):
     Args:
         dim: d, the joint-space dimension. heads: attention heads (d must divide). mlp_ratio: FFN width / d.
         dropout: dropout on the attention and FFN outputs.
+        weighting: ``"attention"`` (default; the paper's cross-attention: each region weights the confounders by
+            softmax similarity, i.e. by how much the image resembles them) or ``"prior"`` (an experiment [ours]: every
+            confounder weighted by the uniform prior P(z) = 1/M whatever the image, the literal E_z over P(z); the
+            attention branch then adds the same vector to every region).
 
     Shapes:
         x (B, N, d), z (M, d) -> (B, N, d).
     """
 
-    def __init__(self, dim: int, heads: int = 8, mlp_ratio: float = 4.0, dropout: float = 0.0):
+    def __init__(self, dim: int, heads: int = 8, mlp_ratio: float = 4.0, dropout: float = 0.0, weighting: str = "attention"):
         super().__init__()
         if dim % heads:
             raise ValueError(f"intervention dim {dim} is not divisible by heads {heads}")
+        if weighting not in ("attention", "prior"):
+            raise ValueError(f"intervention weighting must be 'attention' or 'prior', got {weighting!r}")
         self.heads = heads
+        self.weighting = weighting
         self.norm_q = nn.LayerNorm(dim)
         self.norm_kv = nn.LayerNorm(dim)
         self.q_proj = nn.Linear(dim, dim)
@@ -67,14 +74,18 @@ class InterventionBlock(nn.Module):
         return q, k, v
 
     def attention_weights(self, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-        """Softmax attention over the confounders, (B, heads, N, M); each row sums to 1."""
+        """Weights over the confounders, (B, heads, N, M); each row sums to 1 (uniform under ``weighting="prior"``)."""
         q, k, _ = self._qkv(x, z)
+        if self.weighting == "prior":
+            return torch.full(q.shape[:-1] + (k.shape[-2],), 1.0 / k.shape[-2], dtype=q.dtype, device=q.device)
         return torch.softmax(q @ k.transpose(-1, -2) * q.shape[-1] ** -0.5, dim=-1)
 
     def forward(self, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         b, n, d = x.shape
         h, m = self.heads, z.shape[0]
-        if h * m < d:
+        if self.weighting == "prior":  # E_z over P(z) = 1/M of the values: one (d,) vector for every region
+            x = x + self.drop(self.out_proj(self.v_proj(self.norm_kv(z)).mean(dim=0))).expand(b, n, d)
+        elif h * m < d:
             x = x + self.drop(self._attend_folded(x, z))
         else:
             q, k, v = self._qkv(x, z)
@@ -140,7 +151,8 @@ class CausalIntervention(nn.Module):
     """A stack of :class:`InterventionBlock` layers (depth 3 by default [paper]).
 
     Args:
-        dim: d. depth: number of layers (1, 3 or 5 in the paper's ablation). heads, mlp_ratio, dropout: per layer.
+        dim: d. depth: number of layers (1, 3 or 5 in the paper's ablation). heads, mlp_ratio, dropout, weighting:
+            per layer (see :class:`InterventionBlock`).
 
     Shapes:
         forward: F (B, N, d), Z (M, d) -> F_ca (B, N, d).
@@ -149,11 +161,11 @@ class CausalIntervention(nn.Module):
         forward_with_weights: both of the above from one pass.
     """
 
-    def __init__(self, dim: int, depth: int = 3, heads: int = 8, mlp_ratio: float = 4.0, dropout: float = 0.0):
+    def __init__(self, dim: int, depth: int = 3, heads: int = 8, mlp_ratio: float = 4.0, dropout: float = 0.0, weighting: str = "attention"):
         super().__init__()
         if depth < 1:
             raise ValueError(f"intervention depth must be >= 1, got {depth}")
-        self.layers = nn.ModuleList([InterventionBlock(dim, heads, mlp_ratio, dropout) for _ in range(depth)])
+        self.layers = nn.ModuleList([InterventionBlock(dim, heads, mlp_ratio, dropout, weighting) for _ in range(depth)])
 
     def forward(self, f: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         for layer in self.layers:

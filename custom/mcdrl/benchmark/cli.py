@@ -26,7 +26,7 @@ import torch
 
 from ..paths import default_bundle_root
 from . import report, runner
-from .methods import ABLATION_REFERENCE, ABLATIONS, METHODS, dictionary_prompts
+from .methods import ABLATION_REFERENCE, ABLATIONS, EXPERIMENTS, METHODS, dictionary_prompts
 from .profiles import PROFILES, get_profile
 
 
@@ -39,7 +39,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--dictionary_path", default=str(bundle / "models" / "confounder_dictionary.safetensors"), help="stage-1 artifact of the same CLIP")
     p.add_argument("--out", default=str(bundle / "docs" / "results"), help="where loso.* / ablations.* go")
     p.add_argument("--cache_dir", default=str(bundle.parent / "data" / "benchmark"), help="world, token cache, per-run results")
-    p.add_argument("--methods", nargs="+", choices=list(METHODS), default=list(METHODS), help="subset of the compared methods")
+    p.add_argument("--methods", nargs="+", choices=[*METHODS, *EXPERIMENTS], default=list(METHODS),
+                   help=f"the compared methods (default: the published five; experiments: {', '.join(EXPERIMENTS)})")
     p.add_argument("--ablations", action="store_true", help="also run the ablation grid (dictionary size, depth, alpha)")
     p.add_argument("--ablation_sites", nargs="+", default=None, help="held-out sites of the ablation grid (default: the profile's)")
     p.add_argument("--sites", nargs="+", default=None, help="override the profile's sites")
@@ -77,7 +78,8 @@ def main(argv: list[str] | None = None) -> int:
           f"{profile.workers} worker(s) x {profile.threads} thread(s); CLIP {args.clip_model} ({args.clip_weights})", flush=True)
     prep = runner.prepare(profile, args.clip_model, args.clip_weights, args.dictionary_path, args.cache_dir, sizes)
     print(f"prepared in {sum(prep.timings.values()):.0f} s ({', '.join(f'{k} {v:.0f}' for k, v in prep.timings.items())}); runs in {prep.work_dir}", flush=True)
-    methods = [METHODS[m] for m in METHODS if m in args.methods]
+    known = {**METHODS, **EXPERIMENTS}
+    methods = [known[m] for m in known if m in args.methods]
     cells = [(m, profile.sites) for m in methods] + ([(m, abl_sites, abl_seeds) for m in ABLATIONS.values()] if args.ablations else [])
     all_records = runner.run_grid(prep, cells, profile.seeds)
     main_names = {m.name for m in methods}

@@ -13,6 +13,9 @@ wo_cdrl        no                0              0.1              --     flips
 mcdrl          yes               0.5            0.1              0.5    flips
 =============  ================  =============  ===============  =====  ======================================
 
+Experiments (not in the published table; ``--methods mcdrl_prior``): ``mcdrl_prior`` weights the confounders by the
+uniform prior P(z) instead of by attention.
+
 Ablations of the full method (each changes one setting of ``mcdrl``): dictionary size M in 3, 6, (12), 15;
 intervention depth 1, (3), 5; alpha 0.25, (0.5), 0.75. The value in parentheses is ``mcdrl`` itself.
 
@@ -28,7 +31,7 @@ from dataclasses import dataclass, field
 
 from ..prompts import CONFOUNDER_FAMILIES, CONFOUNDERS
 
-__all__ = ["ABLATIONS", "EXTRA_CONFOUNDERS", "METHODS", "Method", "dictionary_prompts"]
+__all__ = ["ABLATIONS", "EXPERIMENTS", "EXTRA_CONFOUNDERS", "METHODS", "Method", "dictionary_prompts"]
 
 #: [ours] the three extra prompts of the 15-entry dictionary.
 EXTRA_CONFOUNDERS: list[str] = ["a strong colour cast", "burned-in overlay text", "sensor noise"]
@@ -66,6 +69,7 @@ class Method:
     depth: int | None = None
     dictionary_size: int | None = None  # None = the --dictionary_path artifact (12 confounders)
     augmentation: str = "flip"  # "flip" or "gin"
+    weighting: str | None = None  # None = the paper's attention weighting (see mcdrl.intervention.InterventionBlock)
     tags: dict = field(default_factory=dict)
 
     def settings(self, defaults: dict) -> dict:
@@ -78,6 +82,8 @@ class Method:
             "depth": defaults["intervention_layers"] if self.depth is None else self.depth,
             "dictionary_size": self.dictionary_size,
             "augmentation": self.augmentation,
+            # only when set, so that the settings (and run ids) of every other method stay what they were
+            **({"weighting": self.weighting} if self.weighting else {}),
         }
 
 
@@ -98,6 +104,12 @@ ABLATIONS: dict[str, Method] = {m.name: m for m in [
     Method("depth_5", "intervention depth 5", depth=5, tags={"group": "intervention depth", "value": 5}),
     Method("alpha_0.25", "alpha 0.25", alpha=0.25, tags={"group": "alpha", "value": 0.25}),
     Method("alpha_0.75", "alpha 0.75", alpha=0.75, tags={"group": "alpha", "value": 0.75}),
+]}
+
+#: Methods outside the published table, run only when named in ``--methods`` (their results go to
+#: ``bundle/docs/results/experiments/``).
+EXPERIMENTS: dict[str, Method] = {m.name: m for m in [
+    Method("mcdrl_prior", "MCDRL with the confounders weighted by the uniform prior P(z) instead of attention", weighting="prior"),
 ]}
 
 #: where full MCDRL sits in each ablation group (its runs are reused, not repeated)

@@ -72,7 +72,7 @@ def build_network(backbone: CLIPVisualBackbone, dictionary_path: str | os.PathLi
         bb,
         ConfounderDictionary(dictionary_path, d, num_confounders, list(lesion_classes)),
         RegionSelector(settings["alpha"], mtrs_scoring),
-        CausalIntervention(d, settings["depth"], heads),
+        CausalIntervention(d, settings["depth"], heads, weighting=settings.get("weighting", "attention")),
         SegmentationHead(d, tuple(decoder_channels)),
         use_intervention=settings["use_intervention"],
     )

@@ -143,10 +143,12 @@ def _donor_venv() -> Path | None:
     return REPO / ".venv" if (REPO / ".venv").is_dir() else None
 
 
-def _site_packages(python: Path) -> Path:
-    out = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-                         check=True, capture_output=True, text=True).stdout.strip()
-    return Path(os.path.realpath(out))
+def _python_and_site(python: Path) -> tuple[list[int], Path]:
+    """``python``'s (major, minor) version and its site-packages folder."""
+    out = subprocess.run([str(python), "-c", "import json, sys, sysconfig; print(json.dumps([sys.version_info[:2], sysconfig.get_paths()['purelib']]))"],
+                         check=True, capture_output=True, text=True).stdout
+    version, site = json.loads(out)
+    return version, Path(os.path.realpath(site))
 
 
 def share_torch(venv: Path, donor: Path | None) -> int:
@@ -172,13 +174,12 @@ def share_torch(venv: Path, donor: Path | None) -> int:
         return 0
     info = json.loads(listing.stdout)
     found = {d["name"]: d["version"] for d in info["dists"]}
-    target_version = subprocess.run([str(py), "-c", "import sys; print(list(sys.version_info[:2]))"], check=True,
-                                    capture_output=True, text=True).stdout.strip()
-    if any(found.get(n) != v for n, v in SHARED_PINS.items()) or json.loads(target_version) != info["python"]:
+    target_version, dst_site = _python_and_site(py)
+    if any(found.get(n) != v for n, v in SHARED_PINS.items()) or target_version != info["python"]:
         print(f"torch sharing: {donor} holds {found.get('torch')}/{found.get('torchvision')} for Python {info['python']}, "
               f"not the pinned {SHARED_PINS} for {target_version}; pip installs torch", flush=True)
         return 0
-    src_site, dst_site = Path(info["site"]), _site_packages(py)
+    src_site = Path(info["site"])
     shared = 0
     try:
         for dist in info["dists"]:

@@ -336,7 +336,7 @@ def _bare_venv(path: Path) -> Path:
                                check=True, capture_output=True, text=True).stdout.strip())
 
 
-def test_torch_is_hard_linked_from_the_project_venv(tmp_path):
+def test_torch_is_hard_linked_from_the_project_venv(tmp_path, capsys):
     donor, target = tmp_path / "donor", tmp_path / "target"
     site = _bare_venv(donor)
     _fake_dist(site, "torch", "2.14.1", {"torch/__init__.py": "V = 1\n", "torch/lib/libtorch.so": "x" * 1000},
@@ -364,8 +364,11 @@ def test_torch_is_hard_linked_from_the_project_venv(tmp_path):
     _fake_dist(osite, "torch", "2.9.1", {"torch/__init__.py": ""})
     _fake_dist(osite, "torchvision", "0.24.1", {"torchvision/__init__.py": ""})
     otsite = _bare_venv(other_target)
+    capsys.readouterr()
     assert ml_setup.share_torch(other_target, other) == 0 and not list(otsite.iterdir())
+    assert "holds 2.9.1/0.24.1" in capsys.readouterr().out
     assert ml_setup.share_torch(other_target, None) == 0
+    assert "no project venv found" in capsys.readouterr().out
 
 
 def test_torch_sharing_that_cannot_link_leaves_no_half_installed_distribution(tmp_path, monkeypatch):

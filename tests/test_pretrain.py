@@ -44,7 +44,7 @@ def test_feature_probe_finds_a_linear_cue_and_not_noise():
     labels = (torch.rand(400, generator=g) < 0.2).numpy()
     noise = torch.randn(400, 16, generator=g)
     cue = noise.clone()
-    cue[:, 3] += 1.5 * torch.from_numpy(labels).double().float()  # one feature shifted for positives
+    cue[:, 3] += 1.5 * torch.from_numpy(labels).float()  # one feature shifted for positives
     assert probe_auc(cue, labels) > 0.8
     assert 0.4 < probe_auc(noise, labels) < 0.6  # out-of-fold scoring: no credit for fitting noise
     assert probe_auc(cue, labels) == probe_auc(cue, labels)  # deterministic

@@ -75,16 +75,17 @@ class InterventionBlock(nn.Module):
 
     def attention_weights(self, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         """Weights over the confounders, (B, heads, N, M); each row sums to 1 (uniform under ``weighting="prior"``)."""
-        q, k, _ = self._qkv(x, z)
         if self.weighting == "prior":
-            return torch.full(q.shape[:-1] + (k.shape[-2],), 1.0 / k.shape[-2], dtype=q.dtype, device=q.device)
+            b, n, _ = x.shape
+            return torch.full((b, self.heads, n, z.shape[0]), 1.0 / z.shape[0], dtype=x.dtype, device=x.device)
+        q, k, _ = self._qkv(x, z)
         return torch.softmax(q @ k.transpose(-1, -2) * q.shape[-1] ** -0.5, dim=-1)
 
     def forward(self, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         b, n, d = x.shape
         h, m = self.heads, z.shape[0]
         if self.weighting == "prior":  # E_z over P(z) = 1/M of the values: one (d,) vector for every region
-            x = x + self.drop(self.out_proj(self.v_proj(self.norm_kv(z)).mean(dim=0))).expand(b, n, d)
+            x = x + self.drop(self.out_proj(self.v_proj(self.norm_kv(z)).mean(dim=0)))
         elif h * m < d:
             x = x + self.drop(self._attend_folded(x, z))
         else:

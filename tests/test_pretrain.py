@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 from conftest import BUNDLE, TINY, bundle_cli
 
 from mcdrl.pretrain import CLIPPretrainer
+from mcdrl.prompts import CONFOUNDERS
 
 
 def test_pretrain_workflow_writes_loadable_weights_and_evaluator_runs(tmp_path):
@@ -86,3 +88,25 @@ def test_prompt_loss_rewards_the_true_class_and_confounders():
     good = CLIPPretrainer._prompt_loss(aligned, class_emb, conf_emb, neutral, cls, present, scale)
     bad = CLIPPretrainer._prompt_loss(wrong, class_emb, conf_emb, neutral, cls, present, scale)
     assert good < bad
+
+
+def test_presence_weights_scale_one_confounders_term_and_reject_unknown_names(tmp_path):
+    """A per-confounder weight multiplies that confounder's BCE (and only it); an unknown name is a clear error."""
+    torch.manual_seed(0)
+    d, k, c = 16, 5, 12
+    class_emb, conf_emb, neutral = torch.randn(k + 1, d), torch.randn(c, d), torch.randn(1, d)
+    pooled, cls, present = torch.randn(4, d), torch.tensor([0, 1, -1, 2]), (torch.rand(4, c) < 0.3).float()
+    scale = torch.tensor(10.0)
+    base = CLIPPretrainer._prompt_loss(pooled, class_emb, conf_emb, neutral, cls, present, scale)
+    w = torch.ones(c)
+    assert torch.allclose(CLIPPretrainer._prompt_loss(pooled, class_emb, conf_emb, neutral, cls, present, scale, w), base)
+    w[4] = 9.0
+    img = torch.nn.functional.normalize(pooled, dim=-1)
+    pres = (img @ torch.nn.functional.normalize(conf_emb, dim=-1).t() - img @ torch.nn.functional.normalize(neutral, dim=-1).t()) * scale
+    bce4 = torch.nn.functional.binary_cross_entropy_with_logits(pres[:, 4], present[:, 4])
+    weighted = CLIPPretrainer._prompt_loss(pooled, class_emb, conf_emb, neutral, cls, present, scale, w)
+    assert torch.allclose(weighted - base, 8.0 * bce4 / c, atol=1e-6)
+    p = CLIPPretrainer(output_path=str(tmp_path / "w.safetensors"), presence_weights={"motion blur": 97.0})
+    assert p.presence_weights[CONFOUNDERS.index("motion blur")] == 97.0 and p.presence_weights.sum() == 97.0 + 11
+    with pytest.raises(ValueError, match="unknown confounders.*motion blurr"):
+        CLIPPretrainer(presence_weights={"motion blurr": 2.0})

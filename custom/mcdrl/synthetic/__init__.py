@@ -31,7 +31,8 @@ from .sites import GENERIC_MIXTURE, SITES, SiteSpec, derive_seed, draw_case_para
 
 #: Bumped whenever the same arguments render different pixels (caches of generated worlds include it).
 #: 2: lesion centres anywhere in the whole FOV (1: FOV shrunk to 0.88).
-GENERATOR_VERSION = 2
+#: 3: motion blur 16-28 px at 224 px (2: 10-18 px, too weak a cue for the demo CLIP to learn).
+GENERATOR_VERSION = 3
 
 __all__ = [
     "GENERATOR_VERSION", "Case", "DeviceTraits", "GENERIC_MIXTURE", "SITES", "SiteSpec", "derive_seed", "draw_case_params",

@@ -179,9 +179,13 @@ def specular_reflection(img: np.ndarray, scene: Scene, rng: np.random.Generator)
 
 
 def motion_blur(img: np.ndarray, scene: Scene, rng: np.random.Generator) -> np.ndarray:
-    """Directional box kernel of length 10-18 px at a random angle (camera shake)."""
+    """Directional box kernel of length 16-28 px (at 224 px) at a random angle (camera shake).
+
+    Generator v2 used 10-18 px: the demo CLIP never learned it (presence AUC 0.55, linear probe 0.51), and with its
+    presence term weighted 8x a fine-tune reached 0.70 after 200 steps, against 0.88 at 16-28 px.
+    """
     _, h, w = img.shape
-    length = rng.uniform(10, 18)
+    length = rng.uniform(16, 28) * w / 224
     th = rng.uniform(0, np.pi)
     n = int(np.ceil(length)) + 1
     ts = np.linspace(-length / 2, length / 2, n)

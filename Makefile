@@ -28,7 +28,7 @@ test: $(STAMP)
 clean:
 	rm -rf demo_out bundle/runs bundle/eval
 
-## make regenerate: rebuild every shipped binary (demo CLIP, dictionary, demo model, large_files.yml) from scratch
+## make regenerate: rebuild every shipped binary (demo CLIP, dictionary, demo model, large_files.yml, the sites figure) from scratch
 BUNDLE_RUN := $(PY) -m monai.bundle run
 LOGCONF := --logging_file bundle/configs/logging.conf
 regenerate: $(STAMP)
@@ -38,6 +38,7 @@ regenerate: $(STAMP)
 	rm -rf bundle/runs/train bundle/models/model.pt
 	$(BUNDLE_RUN) training --config_file "['bundle/configs/train.json','bundle/configs/train_demo.json']" --meta_file bundle/configs/metadata.json $(LOGCONF)
 	$(PY) -m mcdrl.shipped bundle
+	$(PY) -m mcdrl.synthetic --figure bundle/docs/figures/synthetic_sites.png
 	$(MAKE) demo-results
 
 ## MONAI Label (its own venv: pydicom<3, numpy 1.x) and an app folder holding this bundle

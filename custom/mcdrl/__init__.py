@@ -11,7 +11,7 @@ Modules, one per part of the method (Liang et al., CVPR 2026, arXiv 2508.05008):
 * :mod:`mcdrl.losses`, :mod:`mcdrl.handlers`, :mod:`mcdrl.training`, :mod:`mcdrl.transforms`  training glue
 """
 
-__version__ = "0.2.1"
+__version__ = "0.3.0"
 
 import importlib as _importlib
 import sys as _sys

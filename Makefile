@@ -37,7 +37,7 @@ regenerate: $(STAMP)
 	$(PY) -m mcdrl.synthetic --out data/synthetic --sites A B C D E --n 160 --seed 0
 	rm -rf bundle/runs/train bundle/models/model.pt
 	$(BUNDLE_RUN) training --config_file "['bundle/configs/train.json','bundle/configs/train_demo.json']" --meta_file bundle/configs/metadata.json $(LOGCONF)
-	$(PY) -m mcdrl.shipped bundle
+	$(PY) -m mcdrl.deploy.shipped bundle
 	$(PY) -m mcdrl.synthetic --figure bundle/docs/figures/synthetic_sites.png
 	$(MAKE) demo-results
 
@@ -54,5 +54,5 @@ demo-results: $(STAMP)
 	$(EVAL) --output_dir bundle/eval/heldout_F --dataset_dir data/heldout_F --eval_split training
 	$(PY) -m mcdrl.demo --out demo_out --site F --n 8 --seed 2026
 	mkdir -p bundle/docs/results && cp demo_out/summary.json bundle/docs/results/demo.json
-	$(PY) -m mcdrl.clip_eval --clip_weights bundle/models/clip/mcdrl-demo-vit.safetensors --out bundle/docs/results/clip_vocabulary.json
+	$(PY) -m mcdrl.evaluation.clip_probe --clip_weights bundle/models/clip/mcdrl-demo-vit.safetensors --out bundle/docs/results/clip_vocabulary.json
 	$(PY) -c "import json,csv; r={n: dict(csv.reader(open(f'bundle/eval/{n}/metrics.csv'))) for n in ('train_sites','heldout_F')}; json.dump(r, open('bundle/docs/results/demo_model.json','w'), indent=1); print(r)"

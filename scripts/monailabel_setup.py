@@ -18,7 +18,7 @@ finds them installed. A disk that cannot hard-link (another filesystem) falls ba
 ``<app>/model/<name>`` (the name must contain "segmentation": MONAI Label infers the task type from it), and prints
 the exact ``start_server`` command (127.0.0.1, offline switches ``zoo_source ngc`` and ``sam2 false``). Two
 adaptations for MONAI Label, both in the app's copies only: the app class gets
-:class:`mcdrl.monailabel_support.ClientFriendlyApp` (failed requests answer an HTTP error with a message; /train
+:class:`mcdrl.deploy.monailabel.ClientFriendlyApp` (failed requests answer an HTTP error with a message; /train
 requests may omit the bundle's options), and the copied train.json starts every /train as a new fine-tuning run
 (see :func:`adapt_train_config`).
 
@@ -312,11 +312,11 @@ def bundle_warnings(dest: Path) -> list[str]:
 
 APP_CLASS = "class MyApp(MONAILabelApp):"
 PATCHED_APP_CLASS = "class MyApp(ClientFriendlyApp, MONAILabelApp):"
-PATCH_IMPORT = "from mcdrl.monailabel_support import ClientFriendlyApp  # added by scripts/monailabel_setup.py\n"
+PATCH_IMPORT = "from mcdrl.deploy.monailabel import ClientFriendlyApp  # added by scripts/monailabel_setup.py\n"
 
 
 def patch_app(app: Path) -> None:
-    """Mix :class:`mcdrl.monailabel_support.ClientFriendlyApp` into the sample app's class: a failed /infer answers
+    """Mix :class:`mcdrl.deploy.monailabel.ClientFriendlyApp` into the sample app's class: a failed /infer answers
     an HTTP error that says why (MONAI Label 0.8.5 alone answers a bare 500), and a /train request without the
     bundle's displayable options gets their defaults (instead of a KeyError). Idempotent.
 

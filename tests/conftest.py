@@ -35,7 +35,7 @@ def save_tiny_clip(path: Path, model_name: str = TINY, seed: int = 0) -> Path:
     import torch
     from safetensors.torch import save_file
 
-    import mcdrl.clip_backbone  # noqa: F401  (registers our model configs)
+    import mcdrl.networks.clip_backbone  # noqa: F401  (registers our model configs)
 
     torch.manual_seed(seed)
     model = open_clip.create_model(model_name, pretrained=None)
@@ -73,7 +73,7 @@ def make_tiny_dataset(root: Path, n_train: int = 6, n_val: int = 2, size: int = 
 @pytest.fixture(scope="session")
 def tiny_world(tmp_path_factory):
     """A tiny CLIP weights file, its dictionary artifact and a tiny dataset, built once per session."""
-    from mcdrl.dictionary import build_dictionary
+    from mcdrl.networks.dictionary import build_dictionary
 
     root = tmp_path_factory.mktemp("tiny_world")
     weights = save_tiny_clip(root / "clip" / "tiny.safetensors")

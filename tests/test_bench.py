@@ -14,17 +14,17 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-
 from conftest import PYTHON, REPO, TINY
-from mcdrl.bench.fast import AutocastInferer, mask_dice
-from mcdrl.bench.models import build_network
-from mcdrl.bench.timing import ModuleTimer, interleaved, paired_ratio
-from mcdrl.clip_backbone import CLIPVisualBackbone
-from mcdrl.dictionary import ConfounderDictionary
-from mcdrl.head import SegmentationHead
-from mcdrl.intervention import CausalIntervention, InterventionBlock
-from mcdrl.network import MCDRLNet
-from mcdrl.region_selection import RegionSelector
+
+from mcdrl.evaluation.speed.fast import AutocastInferer, mask_dice
+from mcdrl.evaluation.speed.models import build_network
+from mcdrl.evaluation.speed.timing import ModuleTimer, interleaved, paired_ratio
+from mcdrl.networks.clip_backbone import CLIPVisualBackbone
+from mcdrl.networks.dictionary import ConfounderDictionary
+from mcdrl.networks.head import SegmentationHead
+from mcdrl.networks.intervention import CausalIntervention, InterventionBlock
+from mcdrl.networks.mcdrlnet import MCDRLNet
+from mcdrl.networks.region_selection import RegionSelector
 
 HEADLINE_KEYS = ["forward_ratio_bs1", "forward_ratio_bs8", "train_step_ratio", "peak_rss_mb", "intervention_fraction"]
 
@@ -194,7 +194,6 @@ def _tiny_fitted_network(tmp_path):
     A fitted network is needed for a meaningful mask comparison: random weights give near-tie logits everywhere.
     """
     import open_clip
-
     from conftest import make_tiny_dataset
 
     cfg = {
@@ -297,7 +296,7 @@ def test_quick_benchmark_writes_json_and_markdown(tmp_path):
     out, md = tmp_path / "bench.json", tmp_path / "bench.md"
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     proc = subprocess.run(
-        [PYTHON, "-m", "mcdrl.bench", "--quick", "--output", str(out), "--markdown", str(md)],
+        [PYTHON, "-m", "mcdrl.evaluation.speed", "--quick", "--output", str(out), "--markdown", str(md)],
         cwd=tmp_path, capture_output=True, text=True, timeout=600, env=env,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -321,7 +320,7 @@ def test_quick_benchmark_writes_json_and_markdown(tmp_path):
 
     # --update re-measures one section and keeps the rest
     proc = subprocess.run(
-        [PYTHON, "-m", "mcdrl.bench", "--quick", "--update", "rss", "--output", str(out), "--markdown", str(md)],
+        [PYTHON, "-m", "mcdrl.evaluation.speed", "--quick", "--update", "rss", "--output", str(out), "--markdown", str(md)],
         cwd=tmp_path, capture_output=True, text=True, timeout=600, env=env,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -333,7 +332,7 @@ def test_quick_benchmark_writes_json_and_markdown(tmp_path):
 
 
 def test_peak_rss_probe_is_not_inflated_by_a_large_parent():
-    from mcdrl.bench.probe import measure_peak_rss
+    from mcdrl.evaluation.speed.probe import measure_peak_rss
 
     ballast = torch.ones(2**28)  # 1 GiB touched in this (parent) process
     try:
@@ -345,7 +344,7 @@ def test_peak_rss_probe_is_not_inflated_by_a_large_parent():
 
 
 def test_bench_refuses_cuda_without_a_gpu(capsys):
-    from mcdrl.bench.cli import parse_args
+    from mcdrl.evaluation.speed.cli import parse_args
 
     if torch.cuda.is_available():
         pytest.skip("a GPU is present")
@@ -355,7 +354,7 @@ def test_bench_refuses_cuda_without_a_gpu(capsys):
 
 
 def test_bench_defaults_write_into_the_bundle_docs():
-    from mcdrl.bench.cli import parse_args
+    from mcdrl.evaluation.speed.cli import parse_args
 
     a = parse_args([])
     assert a.output == str(REPO / "bundle" / "docs" / "results" / "bench.json")

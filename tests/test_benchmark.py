@@ -1,4 +1,4 @@
-"""The LOSO benchmark (python -m mcdrl.benchmark): its parts, and the smoke profile end to end on the tiny CLIP.
+"""The LOSO benchmark (python -m mcdrl.evaluation.loso): its parts, and the smoke profile end to end on the tiny CLIP.
 
 Mechanics only: the scores of a 2-epoch tiny-CLIP run mean nothing, so no test asserts a score level.
 """
@@ -14,18 +14,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from conftest import PYTHON, REPO, TINY, save_tiny_clip
 
-from mcdrl.benchmark.features import apply_flip
-from mcdrl.benchmark.gin import gin_augment
-from mcdrl.benchmark.methods import ABLATIONS, EXPERIMENTS, METHODS, dictionary_prompts
-from mcdrl.benchmark.model import build_network, encode_trunk, forward_cached, forward_diagnostics, load_backbone
-from mcdrl.benchmark.profiles import TRAIN_DEFAULTS, get_profile
-from mcdrl.benchmark.train import batch_dice
 from mcdrl.errors import ConfigError, InputFileError
-from mcdrl.metrics import per_image_metrics
-from mcdrl.prompts import CONFOUNDER_FAMILIES, CONFOUNDERS, family_of
+from mcdrl.evaluation.loso.features import apply_flip
+from mcdrl.evaluation.loso.gin import gin_augment
+from mcdrl.evaluation.loso.methods import ABLATIONS, EXPERIMENTS, METHODS, dictionary_prompts
+from mcdrl.evaluation.loso.model import build_network, encode_trunk, forward_cached, forward_diagnostics, load_backbone
+from mcdrl.evaluation.loso.profiles import TRAIN_DEFAULTS, get_profile
+from mcdrl.evaluation.loso.train import batch_dice
+from mcdrl.evaluation.metrics import per_image_metrics
+from mcdrl.networks.prompts import CONFOUNDER_FAMILIES, CONFOUNDERS, family_of
 
 
 def _resolve(cfg: dict, value):
@@ -149,8 +148,8 @@ def test_only_the_tail_of_the_encoder_trains(tiny_world):
 
 
 def test_prepare_rejects_missing_and_foreign_dictionaries(tiny_world, tmp_path):
-    from mcdrl.benchmark.runner import prepare
-    from mcdrl.dictionary import build_dictionary
+    from mcdrl.evaluation.loso.runner import prepare
+    from mcdrl.networks.dictionary import build_dictionary
 
     profile = get_profile("smoke")
     missing = tmp_path / "nope.safetensors"
@@ -165,7 +164,7 @@ def test_prepare_rejects_missing_and_foreign_dictionaries(tiny_world, tmp_path):
 
 def _run_cli(args: list[str], timeout: int = 900) -> subprocess.CompletedProcess:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
-    return subprocess.run([PYTHON, "-m", "mcdrl.benchmark", *args], capture_output=True, text=True, timeout=timeout, env=env, cwd=REPO)
+    return subprocess.run([PYTHON, "-m", "mcdrl.evaluation.loso", *args], capture_output=True, text=True, timeout=timeout, env=env, cwd=REPO)
 
 
 def test_smoke_profile_end_to_end(tiny_world, tmp_path):

@@ -27,7 +27,7 @@ from mcdrl.datalists import (
 )
 from mcdrl.datalists.__main__ import main as cli_main
 from mcdrl.datalists.polyp import pranet_source
-from mcdrl.prompts import LESION_CLASSES, NO_LESION
+from mcdrl.networks.prompts import LESION_CLASSES, NO_LESION
 
 KVASIR_NAMES = ["cju0qkwl35piu0993l0dewei2", "cju0roawvklrq0799vmjorwfv", "cju0s690hkp960855tjuaqvv0"]
 

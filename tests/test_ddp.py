@@ -17,7 +17,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import PYTHON, REPO, make_tiny_dataset, tiny_train_overrides
 
 CONFIGS = "['{}','{}']".format(REPO / "bundle" / "configs" / "train.json", REPO / "bundle" / "configs" / "multi_gpu_train.json")
@@ -114,7 +113,7 @@ def ddp(tiny_world, tmp_path_factory):
     common = dict(max_epochs=EPOCHS, causal_start_epoch=1)
     torchrun2 = [*TORCHRUN, "--standalone", "--nnodes=1", "--nproc_per_node=2", "-m", "monai.bundle", "run", "training", "--config_file", CONFIGS]
     same_batches = {  # the single-process run draws the same global batches: one DistributedSampler permutation, batch 2 x 2
-        "train#dataloader#sampler": "$mcdrl.distributed.train_sampler(@train#dataset, seed=@seed)",
+        "train#dataloader#sampler": "$mcdrl.engines.distributed.train_sampler(@train#dataset, seed=@seed)",
         "train#dataloader#shuffle": "$False",
     }
     procs = {
@@ -152,7 +151,7 @@ def test_two_process_run_finishes_with_identical_replicas(ddp):
     m = re.search(r"all 2 ranks hold identical weights: sha256 per rank \['([0-9a-f]{64})', '([0-9a-f]{64})'\]", log)
     assert m and m.group(1) == m.group(2), log[-3000:]
     # the digest both ranks reported is that of the weights rank 0 saved after the last epoch
-    from mcdrl.run_state import state_dict_digest
+    from mcdrl.engines.run_state import state_dict_digest
 
     final = torch.load(ddp["roots"]["ddp"] / "runs" / "train" / "checkpoints" / f"checkpoint_epoch{EPOCHS:04d}.pt", weights_only=True)
     assert final["world_size"] == 2 and len(final["rng"]) == 2
@@ -223,7 +222,7 @@ def test_world_size_that_does_not_divide_the_data_is_a_clear_error(ddp):
 
 
 def test_train_sampler_shards_form_the_global_batches():
-    from mcdrl.distributed import train_sampler
+    from mcdrl.engines.distributed import train_sampler
 
     data = list(range(8))
     single = list(train_sampler(data, seed=3, num_replicas=1, rank_=0))

@@ -7,10 +7,10 @@ import shutil
 
 import pytest
 import torch
-
 from conftest import BUNDLE, PYTHON
+
+from mcdrl.deploy.shipped import read_manifest, verify_shipped
 from mcdrl.errors import InputFileError
-from mcdrl.shipped import read_manifest, verify_shipped
 
 RESULTS = BUNDLE / "docs" / "results" / "demo.json"
 pytestmark = pytest.mark.skipif(not (BUNDLE / "large_files.yml").is_file(), reason="no shipped weights in this checkout")

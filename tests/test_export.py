@@ -11,11 +11,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from conftest import PYTHON, REPO, TINY_OVERRIDES
 
 CONFIGS = REPO / "bundle" / "configs"
-EXPORT_PY = REPO / "custom" / "mcdrl" / "export.py"
+EXPORT_PY = REPO / "custom" / "mcdrl" / "deploy" / "export.py"
 SHAPES = [(1, 3, 64, 64), (2, 3, 100, 80), (1, 3, 224, 224)]  # the CLIP size, non-square with a batch of 2, upsampled
 
 
@@ -66,7 +65,7 @@ def exported(tiny_world, tmp_path_factory):
                       "--ckpt_file", str(root / "models" / "model.pt"), "--meta_file", str(CONFIGS / "metadata.json"),
                       "--config_file", str(CONFIGS / "inference.json"), "--use_trace", "True", "--input_shape", "[1,3,64,64]",
                       "--converter_kwargs", "{'check_trace': False}", *_args(inf_overrides)], work, "ts"),
-        "onnx": _start([PYTHON, "-m", "mcdrl.export", "onnx", "--config_file", str(CONFIGS / "inference.json"), "--ckpt_file", str(root / "models" / "model.pt"),
+        "onnx": _start([PYTHON, "-m", "mcdrl.deploy.export", "onnx", "--config_file", str(CONFIGS / "inference.json"), "--ckpt_file", str(root / "models" / "model.pt"),
                         "--meta_file", str(CONFIGS / "metadata.json"), "--filepath", str(root / "models" / "model.onnx"), "--input_shape", "[1,3,64,64]",
                         *_args(inf_overrides)], work, "onnx"),
         "infer": _start([PYTHON, "-m", "monai.bundle", "run", "--config_file", str(CONFIGS / "inference.json"), "--dataset_dir", str(images),
@@ -85,7 +84,7 @@ def test_torchscript_embeds_configs_and_equals_eager(exported):
     ts = torch.jit.load(str(exported["root"] / "models" / "model.ts"), _extra_files=extra).eval()
     assert json.loads(extra["metadata.json"])["network_data_format"]["outputs"]["pred"]["channel_def"]["1"] == "lesion"
     assert json.loads(extra["inference.json"]) == json.loads((CONFIGS / "inference.json").read_text())
-    from mcdrl.export import compare_outputs
+    from mcdrl.deploy.export import compare_outputs
 
     diffs = compare_outputs(exported["net"], {"torchscript": ts}, SHAPES)["torchscript"]
     print("eager vs TorchScript max |diff|:", diffs)
@@ -98,7 +97,7 @@ def test_torchscript_embeds_configs_and_equals_eager(exported):
 def test_onnx_runtime_equals_eager_on_dynamic_shapes(exported):
     import onnx
 
-    from mcdrl.export import compare_outputs, onnx_runner
+    from mcdrl.deploy.export import compare_outputs, onnx_runner
 
     path = exported["root"] / "models" / "model.onnx"
     model = onnx.load(str(path))
@@ -136,7 +135,7 @@ def test_deploy_smoke_without_mcdrl_matches_bundle_inference(exported):
 
 
 def test_deploy_smoke_refuses_a_model_without_embedded_configs(exported, tmp_path):
-    from mcdrl.export import deploy_smoke
+    from mcdrl.deploy.export import deploy_smoke
 
     bare = tmp_path / "bare.ts"
     torch.jit.save(torch.jit.trace(torch.nn.Conv2d(3, 2, 1), torch.rand(1, 3, 8, 8)), str(bare))
@@ -145,7 +144,7 @@ def test_deploy_smoke_refuses_a_model_without_embedded_configs(exported, tmp_pat
 
 
 def test_to_model_input_twin_matches_mcdrl_transform():
-    from mcdrl.export import _to_model_input
+    from mcdrl.deploy.export import _to_model_input
     from mcdrl.transforms import ToModelInput
 
     rng = np.random.default_rng(0)

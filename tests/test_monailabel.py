@@ -28,7 +28,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from conftest import BUNDLE, PYTHON, REPO, TINY, TINY_OVERRIDES, bundle_cli
 
 MODEL = "mcdrl_segmentation"
@@ -193,13 +192,11 @@ def test_inference_json_alone_serves_like_monailabel(tiny_world, tmp_path):
 
 
 def test_runtime_options_and_error_mapping_are_checked():
-    from mcdrl.monailabel_support import RuntimeOptionsInferer, as_bool, http_error
-
     from types import SimpleNamespace
 
     from monai.bundle import ConfigParser
 
-    from mcdrl.monailabel_support import ClientFriendlyApp
+    from mcdrl.deploy.monailabel import ClientFriendlyApp, RuntimeOptionsInferer, as_bool, http_error
 
     class Base:
         def train(self, request):

@@ -7,15 +7,15 @@ import io
 import pytest
 import torch
 import torch.nn.functional as F
-
 from conftest import TINY, save_tiny_clip
-from mcdrl.clip_backbone import CLIPVisualBackbone, create_clip
-from mcdrl.dictionary import ConfounderDictionary, build_dictionary, load_artifact
-from mcdrl.head import SegmentationHead
-from mcdrl.intervention import CausalIntervention, InterventionBlock
-from mcdrl.losses import MCDRLLoss
-from mcdrl.network import MCDRLNet
-from mcdrl.region_selection import RegionSelector
+
+from mcdrl.networks.clip_backbone import CLIPVisualBackbone, create_clip
+from mcdrl.networks.dictionary import ConfounderDictionary, build_dictionary, load_artifact
+from mcdrl.networks.head import SegmentationHead
+from mcdrl.networks.intervention import CausalIntervention, InterventionBlock
+from mcdrl.networks.losses import MCDRLLoss
+from mcdrl.networks.mcdrlnet import MCDRLNet
+from mcdrl.networks.region_selection import RegionSelector
 
 
 def randomise(module: torch.nn.Module, seed: int = 0) -> torch.nn.Module:

@@ -8,15 +8,15 @@ import pytest
 import torch
 from conftest import BUNDLE, TINY, bundle_cli
 
-from mcdrl.pretrain import CLIPPretrainer
-from mcdrl.prompts import CONFOUNDERS
+from mcdrl.engines.pretrain import CLIPPretrainer
+from mcdrl.networks.prompts import CONFOUNDERS
 
 
 def test_pretrain_workflow_writes_loadable_weights_and_evaluator_runs(tmp_path):
     from safetensors.torch import load_file
 
-    from mcdrl.clip_backbone import create_clip
-    from mcdrl.clip_eval import evaluate_clip
+    from mcdrl.evaluation.clip_probe import evaluate_clip
+    from mcdrl.networks.clip_backbone import create_clip
 
     out = tmp_path / "clip" / "tiny.safetensors"
     proc = bundle_cli(["run", "pretrain", "--config_file", str(BUNDLE / "configs" / "pretrain_clip.json")], cwd=tmp_path,
@@ -40,7 +40,7 @@ def test_pretrain_workflow_writes_loadable_weights_and_evaluator_runs(tmp_path):
 
 
 def test_feature_probe_finds_a_linear_cue_and_not_noise():
-    from mcdrl.clip_eval import probe_auc
+    from mcdrl.evaluation.clip_probe import probe_auc
 
     g = torch.Generator().manual_seed(0)
     labels = (torch.rand(400, generator=g) < 0.2).numpy()

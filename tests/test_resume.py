@@ -19,7 +19,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import PYTHON, REPO, make_tiny_dataset, tiny_train_overrides
 
 TRAIN = str(REPO / "bundle" / "configs" / "train.json")
@@ -160,7 +159,7 @@ def test_checkpoint_of_another_network_is_refused(runs, tmp_path, change, expect
     from ignite.engine import Engine
     from monai.bundle import ConfigParser
 
-    from mcdrl.checkpointing import ResumableCheckpointer
+    from mcdrl.engines.checkpointing import ResumableCheckpointer
 
     parser = ConfigParser()
     parser.read_config(TRAIN)
@@ -193,7 +192,7 @@ def _engine_and_handler(tmp_path: Path, resume="auto", hidden: int = 4, metrics:
     from ignite.engine import Engine, Events
     from monai.handlers import CheckpointSaver
 
-    from mcdrl.checkpointing import ResumableCheckpointer
+    from mcdrl.engines.checkpointing import ResumableCheckpointer
 
     torch.manual_seed(0)
     net = torch.nn.Sequential(torch.nn.Linear(3, hidden), torch.nn.ReLU(), torch.nn.Linear(hidden, 1))
@@ -225,7 +224,7 @@ def test_resume_true_without_checkpoint_is_an_error(tmp_path):
 
 
 def test_bare_state_dict_is_not_a_resume_checkpoint(tmp_path):
-    from mcdrl.checkpointing import load_checkpoint
+    from mcdrl.engines.checkpointing import load_checkpoint
 
     torch.save({"w": torch.zeros(2)}, tmp_path / "model.pt")
     with pytest.raises(ValueError, match="not an MCDRL resume checkpoint"):
@@ -270,7 +269,7 @@ def test_best_model_tracking_survives_resume(tmp_path, caplog):
     (tmp_path / "models" / "model.pt").unlink()
     (tmp_path / "checkpoints" / "checkpoint_epoch0003.pt").unlink()
     engine3, _, net3 = _engine_and_handler(tmp_path, key_metric=metric)
-    with caplog.at_level("WARNING", logger="mcdrl.checkpointing"):
+    with caplog.at_level("WARNING", logger="mcdrl.engines.checkpointing"):
         engine3.run([torch.rand(2, 3)] * 2, max_epochs=3)
     assert "best-metric model file(s)" in caplog.text and "model.pt" in caplog.text
     _assert_same_tensors(torch.load(tmp_path / "models" / "model.pt", weights_only=True), net3.state_dict())

@@ -15,10 +15,18 @@ try:
 except ImportError:  # not pip-installed: use the source tree
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "custom"))
 
-from mcdrl.prompts import CONFOUNDERS, LESION_CLASSES, NO_LESION
+from mcdrl.networks.prompts import CONFOUNDERS, LESION_CLASSES, NO_LESION
 from mcdrl.synthetic import (
-    GENERIC_MIXTURE, SITES, Case, DeviceTraits, draw_case_params, generate_dataset, make_site_figure,
-    render_case, sample_case, write_dicom_rgb,
+    GENERIC_MIXTURE,
+    SITES,
+    Case,
+    DeviceTraits,
+    draw_case_params,
+    generate_dataset,
+    make_site_figure,
+    render_case,
+    sample_case,
+    write_dicom_rgb,
 )
 from mcdrl.synthetic.device import fov_mask
 
@@ -245,7 +253,7 @@ def test_centre_prior_does_not_localise() -> None:
     import torch
     import torch.nn.functional as F
 
-    from mcdrl.clip_eval import localisation_ratios
+    from mcdrl.evaluation.clip_probe import localisation_ratios
     from mcdrl.synthetic import GENERIC_MIXTURE, sample_case
 
     fracs = []

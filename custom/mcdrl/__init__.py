@@ -1,29 +1,31 @@
 """MCDRL: Multimodal Causality-Driven Representation Learning for domain-generalised lesion segmentation.
 
-Modules, one per part of the method (Liang et al., CVPR 2026, arXiv 2508.05008):
+The package is arranged in wings, as MONAI is; each wing imports only the ones below it (``tests/test_layout.py``):
 
-* :mod:`mcdrl.clip_backbone`     CLIP factory (name + local weights) and the dense visual read-out
-* :mod:`mcdrl.region_selection`  MTRS, top-alpha candidate lesion regions
-* :mod:`mcdrl.dictionary`        stage 1: the confounder dictionary artifact and its buffers
-* :mod:`mcdrl.intervention`      stage 2: the causal intervention (cross-attention to the dictionary)
-* :mod:`mcdrl.head`              the segmentation decoder
-* :mod:`mcdrl.network`           MCDRLNet, composing the parts
-* :mod:`mcdrl.losses`, :mod:`mcdrl.handlers`, :mod:`mcdrl.training`, :mod:`mcdrl.transforms`  training glue
+* :mod:`mcdrl.networks`    the paper's parts (CLIP backbone, MTRS, confounder dictionary, causal intervention, head),
+  :class:`~mcdrl.networks.MCDRLNet` composing them, the losses and the prompt vocabulary
+* :mod:`mcdrl.transforms`, :mod:`mcdrl.io`, :mod:`mcdrl.synthetic`, :mod:`mcdrl.datalists`
+  data: MONAI transforms, clinical folder I/O (DICOM, NIfTI, PNG), the synthetic world, public datalists
+* :mod:`mcdrl.engines`     how a run trains: ignite glue, handlers, checkpoints, distributed, CLIP pretraining
+* :mod:`mcdrl.evaluation`  what measures: metrics, leave-one-site-out, speed, CLIP probes
+* :mod:`mcdrl.deploy`      the ways out: exports, MONAI Label, the shipped binaries
+* :mod:`mcdrl.demo`, and below everything :mod:`mcdrl.errors`, :mod:`mcdrl.paths`, :mod:`mcdrl.utils`
 """
 
-__version__ = "0.3.0"
+__version__ = "0.4.0"
 
 import importlib as _importlib
 import sys as _sys
 
-if _sys.argv and _sys.argv[0].replace("\\", "/").endswith(("monai/bundle/__main__.py", "/mcdrl/__main__.py")):  # CLI runs only
+_argv0 = _sys.argv[0].replace("\\", "/") if _sys.argv else ""
+if _argv0.endswith("monai/bundle/__main__.py") or (_argv0.endswith("/__main__.py") and "/mcdrl/" in _argv0):  # CLI runs only
     from .errors import install_cli_hook as _install_cli_hook
 
     _install_cli_hook()
 
 
 def __getattr__(name: str):
-    """Import submodules on first use, so that configs need only ``$import mcdrl`` (``mcdrl.training.f(...)``)."""
+    """Import submodules on first use, so that configs need only ``$import mcdrl`` (``mcdrl.engines.training.f(...)``)."""
     try:
         return _importlib.import_module(f"{__name__}.{name}")
     except ModuleNotFoundError as e:

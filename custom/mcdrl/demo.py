@@ -24,9 +24,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from .metrics import per_image_metrics
+from mcdrl.deploy.shipped import verify_shipped
+from mcdrl.evaluation.metrics import per_image_metrics
+
 from .paths import default_bundle_root
-from .shipped import verify_shipped
 from .utils import atomic_path
 
 __all__ = ["main", "run_demo"]

@@ -14,8 +14,9 @@ from monai.config import KeysCollection
 from monai.transforms import MapTransform, Transform
 from monai.transforms import SaveImaged as _SaveImaged
 
+from mcdrl.networks.prompts import LESION_CLASSES, NO_LESION
+
 from .errors import ConfigError
-from .prompts import LESION_CLASSES, NO_LESION
 
 __all__ = ["LabelToBinary", "LabelToBinaryd", "LesionClassToIndexd", "SaveImaged", "ToModelInput", "ToModelInputd"]
 

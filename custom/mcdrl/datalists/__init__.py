@@ -8,7 +8,7 @@ writes a MONAI (decathlon-style) JSON datalist::
      "training": [...], "validation": [...], "test": [...], "numTraining": n, "numValidation": n, "numTest": n}
 
 with every entry ``{"image": path, "label": path, "site": str, "lesion_class": str}`` (``lesion_class`` one
-of :data:`mcdrl.prompts.LESION_CLASSES` or :data:`mcdrl.prompts.NO_LESION`). Paths are relative to the
+of :data:`mcdrl.networks.prompts.LESION_CLASSES` or :data:`mcdrl.networks.prompts.NO_LESION`). Paths are relative to the
 datalist file's folder when that folder is inside ``root`` (default ``--out``: ``<root>/datalist_<name>.json``),
 absolute otherwise; ``monai.data.load_decathlon_datalist(out, data_list_key=..., base_dir=dirname(out))``
 resolves both. Lists are sorted by (site, image) and the validation split is drawn, with a seeded RNG, from

@@ -1,7 +1,7 @@
 """Builders for the airway datasets: BM-BronchoLC (bronchoscopy) and Laryngoscope8 (laryngoscopy).
 
 Both label lesions with their own names; the dict constants below map them onto the MCDRL vocabulary
-(:data:`mcdrl.prompts.LESION_CLASSES`). Edit the dicts, not the builders, to change a mapping.
+(:data:`mcdrl.networks.prompts.LESION_CLASSES`). Edit the dicts, not the builders, to change a mapping.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import re
 from collections import Counter
 from pathlib import Path
 
-from mcdrl.prompts import NO_LESION
+from mcdrl.networks.prompts import NO_LESION
 
 from .core import DatalistError, check_lesion_class, first_dir, list_images, pair_by_stem, pair_files, warn
 

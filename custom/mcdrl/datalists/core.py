@@ -20,7 +20,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Iterable, Sequence
 
-from mcdrl.prompts import LESION_CLASSES, NO_LESION
+from mcdrl.networks.prompts import LESION_CLASSES, NO_LESION
 
 logger = logging.getLogger("mcdrl.datalists")
 

@@ -13,18 +13,18 @@ Pipeline (the steps are MONAI ``Transform`` s with dictionary twins, so they dro
 highdicom is imported only where a DICOM SEG is written (it is absent from MONAI Label's environment).
 
 Entry points: :class:`FolderInferenceRunner` (``bundle/configs/inference.json``'s ``run``) and ``python -m
-mcdrl.io.bench`` (throughput of folder inference vs bare model calls).
+mcdrl.evaluation.speed.throughput`` (throughput of folder inference vs bare model calls).
 """
 
 from .dicom_seg import WriteDicomSeg, WriteDicomSegd, write_dicom_seg
 from .discovery import Case, DiscoverCases, DiscoverCasesd, discover
 from .readers import LoadCase, LoadCased, LoadedCase
-from .runner import FolderInferenceRunner, as_bool, load_weights
+from .runner import FolderInferenceRunner, load_weights
 from .summary import CaseResult
 from .writers import write_nifti_mask, write_png_mask
 
 __all__ = [
     "Case", "CaseResult", "DiscoverCases", "DiscoverCasesd", "FolderInferenceRunner", "LoadCase", "LoadCased",
-    "LoadedCase", "WriteDicomSeg", "WriteDicomSegd", "as_bool", "discover", "load_weights", "write_dicom_seg",
+    "LoadedCase", "WriteDicomSeg", "WriteDicomSegd", "discover", "load_weights", "write_dicom_seg",
     "write_nifti_mask", "write_png_mask",
 ]

@@ -83,7 +83,7 @@ def build_seg(mask: np.ndarray, sources: Sequence, series_number: int = SEG_SERI
         ValueError: the mask does not match the sources (frame count, rows, columns).
     """
     hd = _highdicom()
-    from .. import __version__
+    from mcdrl import __version__
 
     headers, restore = _single_valued_names(_headers(sources))
     mask = np.asarray(mask).astype(bool)

@@ -24,7 +24,8 @@ import numpy as np
 import torch
 from monai.transforms import MapTransform, Transform
 
-from ..transforms import ToModelInput
+from mcdrl.transforms import ToModelInput
+
 from .discovery import Case, nifti_layout, quiet_dicom, redact
 
 __all__ = ["LoadCase", "LoadCased", "LoadedCase", "dicom_geometry"]

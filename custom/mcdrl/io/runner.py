@@ -26,31 +26,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from mcdrl.errors import InputFileError
+from mcdrl.utils import as_bool
+
 from .discovery import DEFAULT_MAX_SIDE, Case, DiscoverCases, quiet_dicom, redact
 from .readers import LoadCase, LoadedCase
 from .summary import CaseResult, Progress, SummaryWriter
 from .writers import write_nifti_mask, write_png_mask
 
-try:
-    from ..errors import InputFileError
-except ImportError:  # pragma: no cover - older checkouts
-    InputFileError = FileNotFoundError
-
-__all__ = ["FolderInferenceRunner", "as_bool", "load_weights"]
+__all__ = ["FolderInferenceRunner", "load_weights"]
 
 logger = logging.getLogger("mcdrl.io")
-
-
-def as_bool(value) -> bool:
-    """Config/CLI flag -> bool: accepts bools, 0/1 and "true"/"false"/"yes"/"no"/"on"/"off" (any case)."""
-    if isinstance(value, str):
-        v = value.strip().lower()
-        if v in ("1", "true", "yes", "on", "y", "t"):
-            return True
-        if v in ("0", "false", "no", "off", "n", "f", ""):
-            return False
-        raise ValueError(f"not a boolean: {value!r} (use true or false)")
-    return bool(value)
 
 
 def load_weights(network: torch.nn.Module, path: str | os.PathLike, device: str | torch.device | None = None) -> torch.nn.Module:
@@ -119,10 +105,10 @@ class FolderInferenceRunner:
         self.network = network
         self.device = torch.device(device) if device is not None else next(network.parameters()).device
         self.output_dir = Path(output_dir)
-        self.strict = as_bool(strict)
+        self.strict = as_bool(strict, "strict")
         self.batch_size = max(int(batch_size), 1)
         self.max_side = int(max_side)
-        self.write_seg = as_bool(write_seg)
+        self.write_seg = as_bool(write_seg, "write_seg")
         self.progress = progress
         self._load = LoadCase()
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..utils import atomic_path
+from mcdrl.utils import atomic_path
 
 __all__ = ["atomic_output", "write_nifti_mask", "write_png_mask"]
 

@@ -1,9 +1,9 @@
 """Synthetic multi-site endoscopy world for MCDRL (domain-generalised lesion segmentation).
 
 Procedural 224x224 RGB endoscopy frames (mucosa, vessels, folds, lumen, FOV mask) with at most
-one lesion of the classes of :data:`mcdrl.prompts.LESION_CLASSES` (pixel mask = rendered footprint,
+one lesion of the classes of :data:`mcdrl.networks.prompts.LESION_CLASSES` (pixel mask = rendered footprint,
 placed uniformly over the field of view), any subset of the 12 confounders of
-:data:`mcdrl.prompts.CONFOUNDERS` rendered as image effects, and per-site device traits.
+:data:`mcdrl.networks.prompts.CONFOUNDERS` rendered as image effects, and per-site device traits.
 
 Public API::
 

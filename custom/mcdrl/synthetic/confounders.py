@@ -1,4 +1,4 @@
-"""Image effects of the 12 confounders of :data:`mcdrl.prompts.CONFOUNDERS`.
+"""Image effects of the 12 confounders of :data:`mcdrl.networks.prompts.CONFOUNDERS`.
 
 Each effect is applied at its physical stage of the imaging chain (see :func:`render.render_case`):
 

@@ -31,7 +31,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from ..prompts import CONFOUNDERS, LESION_CLASSES
+from mcdrl.networks.prompts import CONFOUNDERS, LESION_CLASSES
+
 from .render import Case
 from .sites import GENERIC_MIXTURE, SITES, derive_seed, sample_case
 

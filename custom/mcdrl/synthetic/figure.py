@@ -10,7 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..prompts import CONFOUNDERS
+from mcdrl.networks.prompts import CONFOUNDERS
+
 from .export import atomic_write
 from .render import render_case
 from .sites import SITES, derive_seed, sample_case

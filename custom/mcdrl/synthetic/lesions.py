@@ -19,7 +19,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..prompts import LESION_CLASSES
+from mcdrl.networks.prompts import LESION_CLASSES
+
 from ._ops import grid, rgb, smooth_noise, smoothstep, window
 from .frames import Scene
 

@@ -14,7 +14,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..prompts import CONFOUNDERS, LESION_CLASSES, NO_LESION
+from mcdrl.networks.prompts import CONFOUNDERS, LESION_CLASSES, NO_LESION
+
 from ._ops import blur_rgb, gauss_noise, rng_for, to_u8
 from .confounders import COLOUR, EXCLUSIVE, LIGHTING, OPTICS, SURFACE, ZOOM, imaging_artifacts
 from .device import DeviceTraits, apply_border, fov_mask, fov_points, overlay_text
@@ -33,8 +34,8 @@ class Case:
     Attributes:
         image: (H, W, 3) uint8 RGB frame.
         mask: (H, W) uint8 lesion mask, values in {0, 1}; all zeros when ``lesion_class == "none"``.
-        lesion_class: one of :data:`mcdrl.prompts.LESION_CLASSES` or ``"none"``.
-        confounders: the confounders present, in :data:`mcdrl.prompts.CONFOUNDERS` order.
+        lesion_class: one of :data:`mcdrl.networks.prompts.LESION_CLASSES` or ``"none"``.
+        confounders: the confounders present, in :data:`mcdrl.networks.prompts.CONFOUNDERS` order.
         caption: e.g. ``"An endoscopy image of a polyp with motion blur and narrow-band imaging"``.
         site: name of the site it was sampled from, or None.
         seed: the seed it was rendered from.
@@ -89,8 +90,8 @@ def render_case(seed: int, lesion_class: str, confounders: Iterable[str], device
 
     Args:
         seed: case seed; all randomness derives from it.
-        lesion_class: a class of :data:`mcdrl.prompts.LESION_CLASSES`, or ``"none"`` (no lesion).
-        confounders: any of :data:`mcdrl.prompts.CONFOUNDERS`; ``[]`` gives a clean white-light frame.
+        lesion_class: a class of :data:`mcdrl.networks.prompts.LESION_CLASSES`, or ``"none"`` (no lesion).
+        confounders: any of :data:`mcdrl.networks.prompts.CONFOUNDERS`; ``[]`` gives a clean white-light frame.
         device: endoscope traits (colour cast, FOV, text overlay...); None = neutral default.
         size: output side S in pixels.
         site: stored in :attr:`Case.site`.

@@ -30,7 +30,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..prompts import CONFOUNDERS, LESION_CLASSES, NO_LESION
+from mcdrl.networks.prompts import CONFOUNDERS, LESION_CLASSES, NO_LESION
+
 from ._ops import rng_for
 from .confounders import EXCLUSIVE
 from .device import DeviceTraits, random_device

@@ -1,0 +1,339 @@
+"""Deployment exports of the inference network: TorchScript (MONAI's ``ckpt_export``), ONNX, and a deploy smoke test.
+
+TorchScript, with metadata.json and inference.json embedded (trace, not script: open_clip's internals do not
+script; ``check_trace=False`` because the tracer's self-check reports spurious "Graphs differed" on this network,
+whose traced graph is nevertheless exact on any input size, see ``tests/test_export.py``)::
+
+    python -m monai.bundle ckpt_export network_def --filepath bundle/models/model.ts \\
+        --ckpt_file bundle/models/model.pt --meta_file bundle/configs/metadata.json \\
+        --config_file bundle/configs/inference.json --use_trace True --input_shape "[1,3,224,224]" \\
+        --converter_kwargs "{'check_trace': False}"
+
+ONNX (opset 18; dynamic batch, height and width; metadata.json and inference.json stored as metadata_props)::
+
+    python -m mcdrl.deploy.export onnx --config_file bundle/configs/inference.json --ckpt_file bundle/models/model.pt \\
+        --meta_file bundle/configs/metadata.json --filepath bundle/models/model.onnx
+
+Compare eager, TorchScript and ONNX Runtime outputs on several input sizes::
+
+    python -m mcdrl.deploy.export verify --config_file bundle/configs/inference.json --ckpt_file bundle/models/model.pt \\
+        --ts bundle/models/model.ts --onnx bundle/models/model.onnx
+
+Deploy smoke (what MONAI Deploy / Triton does: only model.ts and its embedded configs, no ``mcdrl`` package)::
+
+    python custom/mcdrl/deploy/export.py smoke --model bundle/models/model.ts --image frame.png --output mask.png
+
+Extra ``--key value`` pairs override config entries, as on the MONAI bundle CLI (``--clip_model ...``).
+
+This file imports only the standard library, numpy and torch at module level, so that the smoke test runs it as a
+plain script in an interpreter where ``import mcdrl`` fails. Keep it that way.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+if __name__ == "__main__" and not __package__:  # run as a file: keep sibling modules (transforms.py, ...) off sys.path
+    sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+
+import argparse  # noqa: E402
+import ast  # noqa: E402
+import json  # noqa: E402
+import os  # noqa: E402
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+__all__ = ["DEFAULT_VERIFY_SHAPES", "build_network", "compare_outputs", "deploy_smoke", "export_onnx", "onnx_runner", "register_onnx_symbolics"]
+
+#: input shapes for the equivalence checks: the CLIP size, a non-square size and a batch of 2
+DEFAULT_VERIFY_SHAPES = ((1, 3, 224, 224), (2, 3, 256, 320), (1, 3, 97, 131))
+ONNX_OPSET = 18
+
+
+# ---- building the network from a bundle config ---------------------------------------------------------------------
+def build_network(config_file, ckpt_file, overrides: dict | None = None, net_id: str = "network_def") -> torch.nn.Module:
+    """Instantiate ``net_id`` from the bundle config(s), load ``ckpt_file`` (a bare state_dict) strictly, eval mode.
+
+    Raises:
+        FileNotFoundError: the checkpoint does not exist. RuntimeError: its keys do not match the network.
+    """
+    from monai.bundle import ConfigParser
+
+    ckpt_file = Path(ckpt_file)
+    if not ckpt_file.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {ckpt_file}")
+    parser = ConfigParser()
+    parser.read_config(config_file)
+    parser.update(dict(overrides or {}))
+    net = parser.get_parsed_content(net_id)
+    state = torch.load(ckpt_file, map_location="cpu", weights_only=True)
+    try:
+        net.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        raise RuntimeError(f"{ckpt_file} does not fit {net_id} of {config_file}: {e}") from e
+    return net.eval()
+
+
+# ---- ONNX -------------------------------------------------------------------------------------------------------------
+def register_onnx_symbolics(opset: int = ONNX_OPSET) -> None:
+    """Teach the TorchScript-based ONNX exporter ``F.interpolate(..., antialias=True)`` (bilinear).
+
+    ONNX ``Resize`` (opset >= 18) with ``antialias=1`` and ``exclude_outside=1`` computes PyTorch's antialiased
+    bilinear filter (measured within 2e-6 of torch on ONNX Runtime); without ``exclude_outside`` it differs by 0.05.
+    """
+    from torch.onnx import register_custom_op_symbolic
+    from torch.onnx import symbolic_helper as sh
+
+    @sh.parse_args("v", "is", "i", "none", "none")
+    def upsample_bilinear2d_aa(g, x, output_size, align_corners, scales_h=None, scales_w=None):
+        shape = g.op("Shape", x)
+        lead = g.op("Slice", shape, g.op("Constant", value_t=torch.tensor([0])), g.op("Constant", value_t=torch.tensor([2])))
+        sizes = g.op("Concat", lead, g.op("Constant", value_t=torch.tensor(list(output_size), dtype=torch.int64)), axis_i=0)
+        empty = g.op("Constant", value_t=torch.tensor([], dtype=torch.float32))
+        return g.op("Resize", x, empty, empty, sizes, mode_s="linear", antialias_i=1, exclude_outside_i=1,
+                    coordinate_transformation_mode_s="align_corners" if align_corners else "half_pixel")
+
+    register_custom_op_symbolic("aten::_upsample_bilinear2d_aa", upsample_bilinear2d_aa, opset)
+
+
+def export_onnx(network: torch.nn.Module, filepath, input_shape=(1, 3, 224, 224), opset: int = ONNX_OPSET, dynamic: bool = True, metadata: dict | None = None) -> Path:
+    """Export the eval network to ONNX, atomically.
+
+    Args:
+        network: eval ``forward(image (B, 3, H, W) in [0, 1]) -> logits (B, 2, H, W)``.
+        filepath: the ``.onnx`` file. input_shape: the example input used for tracing.
+        dynamic: batch, height and width as dynamic axes of ``image`` and ``pred``.
+        metadata: name -> text stored in the model's ``metadata_props`` (e.g. metadata.json, inference.json).
+
+    Returns:
+        The path written. Input ``image`` float32 (B, 3, H, W), output ``pred`` float32 (B, 2, H, W).
+    """
+    import onnx
+
+    from mcdrl.utils import atomic_path
+
+    register_onnx_symbolics(opset)
+    network = network.eval()
+    axes = {"image": {0: "batch", 2: "height", 3: "width"}, "pred": {0: "batch", 2: "height", 3: "width"}} if dynamic else None
+    filepath = Path(filepath)
+    fastpath = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)  # the fused attention kernel (taken under no_grad) has no ONNX form
+    try:
+        with atomic_path(filepath) as tmp:
+            torch.onnx.export(network, (torch.rand(*input_shape),), str(tmp), dynamo=False, input_names=["image"], output_names=["pred"],
+                              dynamic_axes=axes, opset_version=opset)
+            model = onnx.load(str(tmp))
+            for k, v in (metadata or {}).items():
+                model.metadata_props.add(key=k, value=v)
+            onnx.checker.check_model(model)
+            onnx.save(model, str(tmp))
+    finally:
+        torch.backends.mha.set_fastpath_enabled(fastpath)
+    return filepath
+
+
+def onnx_runner(path):
+    """A callable ``x (B, 3, H, W) tensor -> logits tensor`` running the ONNX model on ONNX Runtime (CPU)."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return lambda x: torch.from_numpy(session.run(["pred"], {"image": x.detach().cpu().numpy().astype(np.float32)})[0])
+
+
+def compare_outputs(reference, candidates: dict, shapes=DEFAULT_VERIFY_SHAPES, seed: int = 0) -> dict:
+    """Max |reference(x) - candidate(x)| per candidate and input shape, on random inputs in [0, 1].
+
+    Returns:
+        ``{name: {"1x3x224x224": max_abs_diff, ...}}``. A shape mismatch is reported as ``inf``.
+    """
+    g = torch.Generator().manual_seed(seed)
+    out: dict = {name: {} for name in candidates}
+    with torch.no_grad():
+        for shape in shapes:
+            x = torch.rand(*shape, generator=g)
+            ref = reference(x)
+            for name, fn in candidates.items():
+                y = fn(x)
+                key = "x".join(map(str, shape))
+                out[name][key] = float((ref - y).abs().max()) if y.shape == ref.shape else float("inf")
+    return out
+
+
+# ---- deploy smoke (standalone: numpy, PIL, torch only) ----------------------------------------------------------------
+_KNOWN_PREPROCESSING = ("LoadImaged", "EnsureChannelFirstd", "ToModelInputd", "EnsureTyped")
+
+
+def _to_model_input(arr: np.ndarray) -> np.ndarray:
+    """numpy twin of ``mcdrl.transforms.ToModelInput``: (C, H, W) any -> float32 RGB (3, H, W) in [0, 1].
+
+    Identical for 8-bit images. For other intensities on images over 10^6 values, ToModelInput estimates its
+    percentiles from a random subsample, this twin from all values, so the scaling can differ slightly.
+    """
+    integer_source = arr.dtype == np.uint8
+    c = arr.shape[0]
+    if c == 4:
+        arr = arr[:3]
+    elif c == 2:
+        arr = arr[:1]
+    elif c not in (1, 3):
+        raise ValueError(f"expected 1, 3 or 4 channels, got {c} (shape {arr.shape})")
+    if arr.shape[0] == 1:
+        arr = np.repeat(arr, 3, axis=0)
+    x = arr.astype(np.float32)
+    finite = np.isfinite(x)
+    if not finite.any():
+        raise ValueError("image has no finite values")
+    x = np.where(finite, x, 0.0).astype(np.float32)
+    lo, hi = float(x.min()), float(x.max())
+    if lo >= 0 and hi <= 255 and (integer_source or bool((x == np.round(x)).all())) and hi > 1:
+        x = x / np.float32(255.0)
+    elif not (lo >= 0 and hi <= 1):
+        q0, q1 = np.quantile(x[finite], [0.005, 0.995])
+        x = np.where(finite, (x - q0) / max(q1 - q0, 1e-6), 0.0)
+    return np.clip(x, 0, 1).astype(np.float32)
+
+
+def deploy_smoke(model_path, image_path, output_path=None, config_name: str = "inference.json") -> dict:
+    """Run a TorchScript bundle model on one image the way a deployment runtime does.
+
+    Loads ``model_path`` with its embedded ``metadata.json`` and ``config_name``, replicates the embedded
+    preprocessing with PIL and numpy (no MONAI, no mcdrl), runs the model, and takes softmax + argmax as the
+    embedded postprocessing does. Writes the mask (uint8 0/1, (H, W)) as PNG if ``output_path`` is given.
+
+    Raises:
+        ValueError: the embedded configs are missing, or the preprocessing has a step this smoke does not replicate.
+
+    Returns:
+        A summary dict: input shape, output shape, foreground fraction, the channel names, and the ``mcdrl``
+        modules that ended up imported (must be none).
+    """
+    from PIL import Image
+
+    extra = {"metadata.json": "", config_name: ""}
+    model = torch.jit.load(str(model_path), map_location="cpu", _extra_files=extra)
+    model.eval()
+    if not extra["metadata.json"] or not extra[config_name]:
+        raise ValueError(f"{model_path}: metadata.json or {config_name} is not embedded; export with ckpt_export --meta_file and --config_file")
+    meta = json.loads(extra["metadata.json"])
+    config = json.loads(extra[config_name])
+    steps = config.get("preprocessing", {}).get("transforms", [])
+    names = [str(t.get("_target_", "?")).rsplit(".", 1)[-1] for t in steps]
+    unknown = [n for n in names if n not in _KNOWN_PREPROCESSING]
+    if unknown:
+        raise ValueError(f"{model_path}: the embedded preprocessing has steps this smoke does not replicate: {unknown} (known: {list(_KNOWN_PREPROCESSING)})")
+    load = steps[names.index("LoadImaged")] if "LoadImaged" in names else {}
+    if load.get("reader", "PILReader") != "PILReader":
+        raise ValueError(f"{model_path}: preprocessing reads with {load.get('reader')}, this smoke replicates PILReader only")
+    arr = np.asarray(Image.open(image_path))
+    if load.get("reverse_indexing", True):
+        arr = np.swapaxes(arr, 0, 1)  # MONAI's default PILReader gives (cols, rows)
+    arr = arr[None] if arr.ndim == 2 else np.moveaxis(arr, -1, 0)  # EnsureChannelFirstd
+    x = torch.from_numpy(_to_model_input(arr))[None]  # ToModelInputd, EnsureTyped, batch of 1
+    in_spec = meta["network_data_format"]["inputs"]["image"]
+    if x.shape[1] != int(in_spec["num_channels"]):
+        raise ValueError(f"preprocessed image has {x.shape[1]} channels, metadata.json says {in_spec['num_channels']}")
+    with torch.no_grad():
+        logits = model(x)
+    mask = torch.softmax(logits, dim=1).argmax(dim=1)[0].to(torch.uint8).numpy()
+    if output_path is not None:
+        Path(output_path).parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(output_path).with_name(f".{Path(output_path).name}.tmp")
+        Image.fromarray(mask).save(tmp, format="PNG")
+        os.replace(tmp, output_path)
+    channels = meta["network_data_format"]["outputs"]["pred"].get("channel_def", {})
+    return {
+        "input_shape": list(x.shape),
+        "output_shape": list(logits.shape),
+        "foreground_fraction": float(mask.mean()),
+        "channels": channels,
+        "mcdrl_modules_loaded": sorted(m for m, mod in sys.modules.items() if mod is not None and (m == "mcdrl" or m.startswith("mcdrl."))),
+    }
+
+
+# ---- command line -------------------------------------------------------------------------------------------------------
+def _overrides(extra: list[str]) -> dict:
+    """``--key value`` pairs -> dict; values parsed as JSON or Python literals, else kept as strings."""
+    out, i = {}, 0
+    while i < len(extra):
+        key = extra[i]
+        if not key.startswith("--") or i + 1 >= len(extra):
+            raise SystemExit(f"unexpected argument {key!r}: overrides are --key value pairs")
+        value = extra[i + 1]
+        for parse in (json.loads, ast.literal_eval):
+            try:
+                value = parse(value)
+                break
+            except (ValueError, SyntaxError):
+                continue
+        out[key[2:]] = value
+        i += 2
+    return out
+
+
+def _shape(text: str) -> tuple[int, ...]:
+    shape = tuple(int(v) for v in ast.literal_eval(text))
+    if len(shape) != 4 or shape[1] != 3:
+        raise argparse.ArgumentTypeError(f"input shape must be [B, 3, H, W], got {text}")
+    return shape
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m mcdrl.deploy.export", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    for name in ("onnx", "verify"):
+        p = sub.add_parser(name)
+        p.add_argument("--config_file", default="bundle/configs/inference.json")
+        p.add_argument("--ckpt_file", default=None, help="default: <bundle_root>/models/model.pt")
+        p.add_argument("--net_id", default="network_def")
+    sub.choices["onnx"].add_argument("--filepath", default=None, help="default: <bundle_root>/models/model.onnx")
+    sub.choices["onnx"].add_argument("--meta_file", default=None, help="default: <bundle_root>/configs/metadata.json")
+    sub.choices["onnx"].add_argument("--input_shape", type=_shape, default=(1, 3, 224, 224))
+    sub.choices["onnx"].add_argument("--opset", type=int, default=ONNX_OPSET)
+    sub.choices["verify"].add_argument("--ts", default=None)
+    sub.choices["verify"].add_argument("--onnx", default=None)
+    sub.choices["verify"].add_argument("--shapes", default=json.dumps([list(s) for s in DEFAULT_VERIFY_SHAPES]))
+    sub.choices["verify"].add_argument("--tolerance", type=float, default=1e-4)
+    sm = sub.add_parser("smoke")
+    sm.add_argument("--model", required=True)
+    sm.add_argument("--image", required=True)
+    sm.add_argument("--output", default=None)
+    sm.add_argument("--config_name", default="inference.json")
+    args, extra = ap.parse_known_args(argv)
+
+    if args.cmd == "smoke":
+        if extra:
+            raise SystemExit(f"smoke takes no overrides, got {extra}")
+        print(json.dumps(deploy_smoke(args.model, args.image, args.output, args.config_name)))
+        return 0
+
+    overrides = _overrides(extra)
+    config_file = Path(args.config_file)
+    bundle_root = Path(overrides.get("bundle_root", config_file.resolve().parent.parent))
+    ckpt = Path(args.ckpt_file) if args.ckpt_file else bundle_root / "models" / "model.pt"
+    net = build_network(str(config_file), ckpt, overrides, args.net_id)
+    if args.cmd == "onnx":
+        meta_file = Path(args.meta_file) if args.meta_file else bundle_root / "configs" / "metadata.json"
+        metadata = {config_file.name: json.dumps(json.loads(config_file.read_text()))}
+        if meta_file.is_file():
+            metadata["metadata.json"] = json.dumps(json.loads(meta_file.read_text()))
+        out = export_onnx(net, args.filepath or bundle_root / "models" / "model.onnx", args.input_shape, args.opset, metadata=metadata)
+        diffs = compare_outputs(net, {"onnx": onnx_runner(out)}, [args.input_shape])
+        print(json.dumps({"onnx": str(out), "max_abs_diff_vs_eager": diffs["onnx"]}))
+        return 0
+    candidates = {}
+    if args.ts:
+        candidates["torchscript"] = torch.jit.load(args.ts, map_location="cpu").eval()
+    if args.onnx:
+        candidates["onnx"] = onnx_runner(args.onnx)
+    if not candidates:
+        raise SystemExit("verify: pass --ts and/or --onnx")
+    diffs = compare_outputs(net, candidates, [tuple(s) for s in json.loads(args.shapes)])
+    worst = max(v for d in diffs.values() for v in d.values())
+    print(json.dumps({"max_abs_diff_vs_eager": diffs, "tolerance": args.tolerance, "ok": worst <= args.tolerance}))
+    return 0 if worst <= args.tolerance else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,120 @@
+"""Ignite handlers: the intervention schedule and per-term loss logging.
+
+Both attach to MONAI's ``SupervisedTrainer`` through ``train#handlers``; neither edits the trainer.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections import defaultdict
+from pathlib import Path
+
+import torch.distributed as dist
+from ignite.engine import Engine, Events
+
+__all__ = ["InterventionSchedule", "LossTermsLogger", "unwrap"]
+
+logger = logging.getLogger("mcdrl.train")
+
+
+def unwrap(network):
+    """The bare network inside DistributedDataParallel / DataParallel wrappers."""
+    return getattr(network, "module", network)
+
+
+def _rank() -> int:
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
+class InterventionSchedule:
+    """Switch the causal intervention on after ``start_epoch`` epochs [paper: after epoch 10].
+
+    At the start of epoch e (1-based), ``network.intervention_active = e > start_epoch``. The state is derived from
+    the epoch alone, so a resumed run restores it without storing anything. Validation after an epoch runs with the
+    same setting as the epoch it follows.
+
+    [ours] With ``select_after_start``, model selection forgets the epochs before the switch: when the intervention
+    comes on, the validator's best metric and the key-metric checkpoint savers are reset, so ``model.pt`` is the best
+    epoch of the configured model (intervention on), never a pre-intervention network.
+
+    Args:
+        network: the MCDRL network (wrapped or not).
+        start_epoch: the number of epochs trained without the intervention (0 = on from the start).
+        validator: the evaluator whose ``best_metric`` is reset (with ``select_after_start``).
+        key_metric_savers: MONAI ``CheckpointSaver`` handlers whose key-metric checkpoint is reset.
+        select_after_start: reset model selection when the intervention comes on.
+    """
+
+    def __init__(self, network, start_epoch: int = 10, validator=None, key_metric_savers=(), select_after_start: bool = False):
+        self.network = network
+        self.start_epoch = int(start_epoch)
+        self.validator = validator
+        self.key_metric_savers = list(key_metric_savers or [])
+        self.select_after_start = bool(select_after_start)
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.EPOCH_STARTED, self)
+
+    def __call__(self, engine: Engine) -> None:
+        net = unwrap(self.network)
+        active = engine.state.epoch > self.start_epoch
+        if active != net.intervention_active or engine.state.epoch == 1:
+            logger.info("epoch %d: causal intervention %s%s", engine.state.epoch, "ON" if active else "OFF",
+                        "" if net.use_intervention else " (disabled by use_intervention=false)")
+        net.intervention_active = active
+        if self.select_after_start and self.start_epoch > 0 and engine.state.epoch == self.start_epoch + 1:
+            self.reset_selection()
+
+    def reset_selection(self) -> None:
+        """Forget the best metric so far: the next validation's checkpoint becomes ``model.pt``."""
+        if self.validator is not None:
+            self.validator.state.best_metric = -1
+            self.validator.state.best_metric_epoch = -1
+        for saver in self.key_metric_savers:
+            ckpt = getattr(saver, "_key_metric_checkpoint", None)
+            if ckpt is not None:
+                ckpt._saved = []  # ignite keeps the n best here; empty -> the next score is saved (same file name)
+        logger.info("model selection restarts now that the intervention is on (select_after_causal_start)")
+
+
+class LossTermsLogger:
+    """Log the mean of each loss term per epoch, and append it as one JSON line to ``output_file`` (rank 0 only).
+
+    Args:
+        loss_function: the :class:`mcdrl.networks.losses.MCDRLLoss` whose ``last_terms`` are read after every iteration.
+        network: to record whether the intervention was on.
+        output_file: JSON-lines file, one record per epoch (None: log only).
+    """
+
+    def __init__(self, loss_function, network=None, output_file: str | os.PathLike | None = None):
+        self.loss_function = loss_function
+        self.network = network
+        self.output_file = Path(output_file) if output_file else None
+        self._sums: dict[str, float] = defaultdict(float)
+        self._count = 0
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.EPOCH_STARTED, self._reset)
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self._accumulate)
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self._emit)
+
+    def _reset(self, engine: Engine) -> None:
+        self._sums.clear()
+        self._count = 0
+
+    def _accumulate(self, engine: Engine) -> None:
+        for k, v in getattr(self.loss_function, "last_terms", {}).items():
+            self._sums[k] += v
+        self._count += 1
+
+    def _emit(self, engine: Engine) -> None:
+        means = {k: v / max(self._count, 1) for k, v in self._sums.items()}
+        on = bool(unwrap(self.network).applies_intervention) if self.network is not None else None
+        record = {"epoch": engine.state.epoch, "iteration": engine.state.iteration, "intervention": on, **{f"loss_{k}": round(v, 6) for k, v in means.items()}}
+        logger.info("epoch %d loss terms: %s", engine.state.epoch, " ".join(f"{k}={v:.4f}" for k, v in means.items()) + f" intervention={'on' if on else 'off'}")
+        if self.output_file is not None and _rank() == 0:
+            self.output_file.parent.mkdir(parents=True, exist_ok=True)
+            with open(self.output_file, "a") as f:
+                f.write(json.dumps(record) + "\n")

@@ -201,6 +201,11 @@ class ConfounderDictionary(nn.Module):
                 f"the network loads weights with sha256 {weights_sha[:12]}.... {_REGENERATE}"
             )
 
+    def prompt_logits(self, image_embedding: torch.Tensor, tau: float, with_background: bool = True) -> torch.Tensor:
+        """cos(F_vis, e_k) / tau over the K class prompts [+ "normal mucosa" as class K]: (B, d) -> (B, K [+ 1])."""
+        prompts = torch.cat([self.class_embeddings, self.background_embedding[None]], dim=0) if with_background else self.class_embeddings
+        return F.normalize(image_embedding.float(), dim=-1) @ F.normalize(prompts.float(), dim=-1).t() / tau
+
     @property
     def num_confounders(self) -> int:
         return int(self.confounders.shape[0])

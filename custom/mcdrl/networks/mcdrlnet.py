@@ -2,11 +2,15 @@
 
     image (B, 3, H, W) in [0, 1]
       -> resize to the CLIP input size S
-      -> CLIPVisualBackbone        dense C (B, L = h*w, d) [+ global F_vis (B, d) in training]
+      -> CLIPVisualBackbone        dense C (B, L = h*w, d) and global F_vis (B, d)
+      -> [ConfounderProjection]    text-guided de-confounding of C (``deconfounding="all"``) [ours]
       -> RegionSelector (MTRS)     top-alpha indices (B, N) by prompt similarity
+      -> [ConfounderProjection]    ... or of the regions only (``deconfounding="regions"``) [ours]
       -> CausalIntervention        F_ca = A(F, Z) over the ConfounderDictionary Z (M, d)
       -> scatter F_ca into C       (unselected positions keep C), grid (B, d, h, w)
-      -> SegmentationHead          logits, resized back to (B, 2, H, W)
+      -> SegmentationHead          logits (B, 2, S, S) [+ skips from the image, ours], resized back to (B, 2, H, W)
+      -> presence decision         F_vis against the class prompts and "normal mucosa": the lesion channel is emptied
+                                   when the image-level lesion score is below ``presence_threshold`` [ours]
 
 The parts are injected (Segment Anything style): the bundle config builds each one as a nested ``_target_``
 component, so a backbone swap or an ablation is a config edit. Eval ``forward`` returns one tensor, so the
@@ -23,12 +27,18 @@ from torch import nn
 from mcdrl.errors import ConfigError
 
 from .clip_backbone import CLIPVisualBackbone
+from .deconfounding import ConfounderProjection
 from .dictionary import ConfounderDictionary
 from .head import SegmentationHead
 from .intervention import CausalIntervention
 from .region_selection import RegionSelector
 
-__all__ = ["MCDRLNet"]
+__all__ = ["DECONFOUNDING_SCOPES", "MCDRLNet"]
+
+#: where the text-guided projection acts: nowhere (the paper), on every dense position, or on the MTRS regions only
+DECONFOUNDING_SCOPES = ("none", "all", "regions")
+#: how far below the background logit a rejected image's lesion logits are put (softmax lesion prob < 1e-13)
+_REJECT_MARGIN = 30.0
 
 
 class MCDRLNet(nn.Module):
@@ -40,17 +50,23 @@ class MCDRLNet(nn.Module):
         selector: MTRS. ``alpha=1.0`` is the "w/o MTRS" ablation.
         intervention: the cross-attention stack. Its parameters exist even when switched off, so checkpoints of all
             ablations share one key set.
-        head: the decoder.
+        head: the decoder (with or without skips from the image).
         use_intervention: False is the "w/o CDRL" ablation (the intervention is never applied).
         dropout: if not None, overrides the head's dropout probability (MONAI Label injects it).
+        deconfounding: ``"none"`` (the paper), ``"all"`` or ``"regions"``: where the text-guided
+            :class:`~mcdrl.networks.deconfounding.ConfounderProjection` acts [ours].
+        presence_decision: empty the mask of an image whose lesion score is below :attr:`presence_threshold` [ours].
+        tau: temperature of the image-level prompt scores (the L_contrast temperature).
 
-    The runtime switch :attr:`intervention_active` (set by :class:`mcdrl.engines.handlers.InterventionSchedule`) turns the
-    intervention off for the first epochs of training; it defaults to on, so a loaded model infers with it.
+    The runtime switch :attr:`intervention_active` (set by :class:`mcdrl.engines.handlers.InterventionSchedule`) turns
+    the intervention off for the first epochs of training; it defaults to on, so a loaded model infers with it.
+    The buffer ``presence_threshold`` (saved in ``model.pt``) is chosen on source-site validation during training.
 
     Shapes:
         eval ``forward``: (B, 3, H, W) -> logits (B, 2, H, W).
         train ``forward``: (B, 3, S, S) -> {"pred": (B, 2, S, S), "image_embedding": F_vis (B, d),
-        "region_embedding": Pool(F_ca) (B, d), "intervention_on": bool}.
+        "region_embedding": Pool(F_ca) (B, d), "features": the de-confounded, intervened grid tokens (B, L, d),
+        "intervention_on": bool}.
     """
 
     def __init__(
@@ -62,6 +78,9 @@ class MCDRLNet(nn.Module):
         head: SegmentationHead,
         use_intervention: bool = True,
         dropout: float | None = None,
+        deconfounding: str = "none",
+        presence_decision: bool = False,
+        tau: float = 0.5,
     ):
         super().__init__()
         d = backbone.embed_dim
@@ -73,6 +92,8 @@ class MCDRLNet(nn.Module):
         for part, dim in got.items():
             if dim != d:
                 raise ConfigError(f"MCDRLNet: the CLIP backbone {backbone.model_name!r} has embedding dimension {d}, but the {part} was built for {dim}.")
+        if deconfounding not in DECONFOUNDING_SCOPES:
+            raise ConfigError(f"deconfounding must be one of {list(DECONFOUNDING_SCOPES)}, got {deconfounding!r}")
         dictionary.check_clip_identity(backbone.model_name, backbone.weights_sha256)
         self.backbone = backbone
         self.dictionary = dictionary
@@ -81,6 +102,11 @@ class MCDRLNet(nn.Module):
         self.head = head
         self.use_intervention = bool(use_intervention)
         self.intervention_active = True
+        self.deconfounding = deconfounding
+        self.projection = ConfounderProjection(dictionary)
+        self.presence_decision = bool(presence_decision)
+        self.tau = float(tau)
+        self.register_buffer("presence_threshold", torch.zeros(()))
         if dropout is not None:
             self.head.dropout.p = float(dropout)
         self.image_size = backbone.image_size
@@ -90,21 +116,41 @@ class MCDRLNet(nn.Module):
     def applies_intervention(self) -> bool:
         return self.use_intervention and self.intervention_active
 
+    # ---- parts of the forward --------------------------------------------------------------------------------
     def _regions(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """tokens (B, L, d) -> (tokens with F_ca scattered in (B, L, d), F_ca (B, N, d), idx (B, N))."""
         d = self.dictionary
+        if self.deconfounding == "all":
+            tokens = self.projection(tokens)
         idx, _ = self.selector(tokens, d.class_embeddings, d.background_embedding)
         gather_idx = idx.unsqueeze(-1).expand(-1, -1, tokens.shape[-1])
         f = torch.gather(tokens, 1, gather_idx)
+        changed = False
+        if self.deconfounding == "regions":
+            f = self.projection(f)
+            changed = True
         if self.applies_intervention:
             f = self.intervention(f, d.confounders.to(f.dtype))
+            changed = True
+        if changed:
             tokens = tokens.scatter(1, gather_idx, f)
         return tokens, f, idx
 
-    def _decode(self, tokens: torch.Tensor, size: torch.Size) -> torch.Tensor:
+    def _decode(self, tokens: torch.Tensor, size, image: torch.Tensor | None) -> torch.Tensor:
+        """Grid tokens (B, L, d) [+ the CLIP-size image (B, 3, S, S), for a head with skips] -> logits (B, 2, *size).
+
+        The head's skips read the image at the head's output size, grid * 2^stages (= S for the shipped configs)."""
         b, _, dim = tokens.shape
         grid = tokens.transpose(1, 2).reshape(b, dim, self.grid_size, self.grid_size)
-        logits = self.head(grid)
+        pixels = None
+        if self.head.pixel_encoder is not None:
+            if image is None:
+                raise ValueError("this network's head has skips from the image: pass the CLIP-size image to _decode")
+            out = self.grid_size * self.head.upsample_factor
+            if out != image.shape[-1]:
+                image = F.interpolate(image, size=[out, out], mode="bilinear", align_corners=False, antialias=True)
+            pixels = self.backbone.normalize(image)
+        logits = self.head(grid, pixels)
         return F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
 
     def _resize_in(self, x: torch.Tensor) -> torch.Tensor:
@@ -113,6 +159,31 @@ class MCDRLNet(nn.Module):
         s = self.image_size
         return F.interpolate(x, size=[s, s], mode="bilinear", align_corners=False, antialias=True)
 
+    def presence_logits(self, image_embedding: torch.Tensor) -> torch.Tensor:
+        """cos(F_vis, [e_1 .. e_K, e_bg]) / tau: (B, d) -> (B, K + 1); the last column is "no lesion" (normal mucosa)."""
+        return self.dictionary.prompt_logits(image_embedding, self.tau, with_background=True)
+
+    def lesion_score(self, image_embedding: torch.Tensor) -> torch.Tensor:
+        """Image-level lesion score, 1 - P(normal mucosa | F_vis) over the K + 1 prompts: (B, d) -> (B,) in [0, 1]."""
+        return 1.0 - torch.softmax(self.presence_logits(image_embedding), dim=-1)[:, -1]
+
+    def gate(self, logits: torch.Tensor, score: torch.Tensor) -> torch.Tensor:
+        """The presence decision: lesion logits of images with ``score < presence_threshold`` are put far below the
+        background logit (the mask becomes empty). (B, 2, H, W), (B,) -> (B, 2, H, W); identity when off."""
+        if not self.presence_decision:
+            return logits
+        reject = (score < self.presence_threshold).view(-1, 1, 1)
+        bg, fg = logits[:, 0], logits[:, 1]
+        return torch.stack([bg, torch.where(reject, torch.minimum(fg, bg - _REJECT_MARGIN), fg)], dim=1)
+
+    def forward_with_score(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Eval logits before the presence decision (B, 2, H, W) and the lesion score (B,) (for choosing the threshold)."""
+        size = x.shape[-2:]
+        xs = self._resize_in(x)
+        tokens, pooled = self.backbone.forward_tokens(xs)
+        tokens, _, _ = self._regions(tokens)
+        return self._decode(tokens, size, xs), self.lesion_score(pooled)
+
     def forward(self, x: torch.Tensor):
         size = x.shape[-2:]  # kept symbolic, so a traced network follows the input size
         xs = self._resize_in(x)
@@ -120,30 +191,48 @@ class MCDRLNet(nn.Module):
             tokens, pooled = self.backbone.forward_tokens(xs)
             tokens, f_ca, _ = self._regions(tokens)
             return {
-                "pred": self._decode(tokens, size),
+                "pred": self._decode(tokens, size, xs),
                 "image_embedding": pooled,
                 "region_embedding": f_ca.mean(dim=1),
+                "features": tokens,
                 "intervention_on": self.applies_intervention,
             }
-        tokens, _, _ = self._regions(self.backbone.forward_dense(xs))
-        return self._decode(tokens, size)
+        if not self.presence_decision:
+            tokens, _, _ = self._regions(self.backbone.forward_dense(xs))
+            return self._decode(tokens, size, xs)
+        logits, score = self.forward_with_score(x)
+        return self.gate(logits, score)
 
     @torch.no_grad()
-    def predict_with_confounders(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Eval logits (B, 2, H, W) and the intervention's attention over the M confounders (B, M), averaged over
-        heads and selected regions (uniform 1/M when the intervention is off)."""
+    def predict_with_confounders(self, x: torch.Tensor, with_score: bool = False) -> tuple[torch.Tensor, ...]:
+        """What the folder runner reports, from one pass: eval logits after the presence decision (B, 2, H, W) (== forward),
+        the intervention's attention over the M confounders (B, M), averaged over heads and selected regions (uniform
+        1/M when the intervention is off), and with ``with_score`` the image-level lesion score (B,)."""
         size = x.shape[-2:]
-        tokens = self.backbone.forward_dense(self._resize_in(x))
+        xs = self._resize_in(x)
+        tokens, pooled = self.backbone.forward_tokens(xs)
         z = self.dictionary.confounders
         if self.applies_intervention:  # one pass of the intervention gives F_ca and the weights (== forward's logits)
+            if self.deconfounding == "all":
+                tokens = self.projection(tokens)
             idx, _ = self.selector(tokens, self.dictionary.class_embeddings, self.dictionary.background_embedding)
             gather_idx = idx.unsqueeze(-1).expand(-1, -1, tokens.shape[-1])
-            f, weights = self.intervention.forward_with_weights(torch.gather(tokens, 1, gather_idx), z.to(tokens.dtype))
+            f = torch.gather(tokens, 1, gather_idx)
+            if self.deconfounding == "regions":
+                f = self.projection(f)
+            f, weights = self.intervention.forward_with_weights(f, z.to(tokens.dtype))
             tokens = tokens.scatter(1, gather_idx, f)
         else:
+            tokens, _, _ = self._regions(tokens)
             weights = torch.full((x.shape[0], z.shape[0]), 1.0 / z.shape[0], device=x.device)
-        return self._decode(tokens, size), weights
+        score = self.lesion_score(pooled)
+        logits = self.gate(self._decode(tokens, size, xs), score)
+        return (logits, weights, score) if with_score else (logits, weights)
 
     @property
     def confounder_names(self) -> list[str]:
         return self.dictionary.confounder_names
+
+    def extra_repr(self) -> str:
+        return (f"use_intervention={self.use_intervention}, deconfounding={self.deconfounding!r}, presence_decision={self.presence_decision}, "
+                f"presence_threshold={float(self.presence_threshold):.3f}")

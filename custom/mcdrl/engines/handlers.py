@@ -8,13 +8,14 @@ from __future__ import annotations
 import json
 import logging
 import os
+import time
 from collections import defaultdict
 from pathlib import Path
 
 import torch.distributed as dist
 from ignite.engine import Engine, Events
 
-__all__ = ["InterventionSchedule", "LossTermsLogger", "unwrap"]
+__all__ = ["InterventionSchedule", "LossTermsLogger", "TimeBudget", "unwrap"]
 
 logger = logging.getLogger("mcdrl.train")
 
@@ -59,6 +60,8 @@ class InterventionSchedule:
 
     def __call__(self, engine: Engine) -> None:
         net = unwrap(self.network)
+        if not hasattr(net, "intervention_active"):  # a network without the intervention (e.g. a UNet baseline)
+            return
         active = engine.state.epoch > self.start_epoch
         if active != net.intervention_active or engine.state.epoch == 1:
             logger.info("epoch %d: causal intervention %s%s", engine.state.epoch, "ON" if active else "OFF",
@@ -111,10 +114,61 @@ class LossTermsLogger:
 
     def _emit(self, engine: Engine) -> None:
         means = {k: v / max(self._count, 1) for k, v in self._sums.items()}
-        on = bool(unwrap(self.network).applies_intervention) if self.network is not None else None
+        on = getattr(unwrap(self.network), "applies_intervention", None) if self.network is not None else None
+        on = None if on is None else bool(on)
         record = {"epoch": engine.state.epoch, "iteration": engine.state.iteration, "intervention": on, **{f"loss_{k}": round(v, 6) for k, v in means.items()}}
         logger.info("epoch %d loss terms: %s", engine.state.epoch, " ".join(f"{k}={v:.4f}" for k, v in means.items()) + f" intervention={'on' if on else 'off'}")
         if self.output_file is not None and _rank() == 0:
             self.output_file.parent.mkdir(parents=True, exist_ok=True)
             with open(self.output_file, "a") as f:
                 f.write(json.dumps(record) + "\n")
+
+
+class TimeBudget:
+    """Stop training at an epoch boundary once the next epoch would end past ``seconds`` of wall time, and record the
+    run's wall time [ours].
+
+    The budget counts from the trainer's start (validation included), and an epoch is only begun when the mean epoch
+    time so far says it will end within the budget, so the run never exceeds it by more than one epoch's variation.
+    Used to give two models the same wall time (``python -m mcdrl.evaluation.compare``).
+
+    Args:
+        seconds: the wall-time budget; None or 0: no limit (the time is still recorded).
+        record_file: a JSON file that receives ``{"seconds", "epochs", "stopped_by_budget"}`` when training ends
+            (rank 0 only). A resumed run counts only the time of its own process.
+    """
+
+    def __init__(self, seconds: float | None = None, record_file: str | os.PathLike | None = None):
+        self.seconds = float(seconds) if seconds else 0.0
+        self.record_file = Path(record_file) if record_file else None
+        self._t0 = 0.0
+        self._epochs = 0
+        self._stopped = False
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.STARTED, self._start)
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self._check)
+        engine.add_event_handler(Events.COMPLETED, self._record)
+
+    def _start(self, engine: Engine) -> None:
+        self._t0, self._epochs, self._stopped = time.perf_counter(), 0, False
+
+    def _check(self, engine: Engine) -> None:
+        self._epochs += 1
+        elapsed = time.perf_counter() - self._t0
+        per_epoch = elapsed / self._epochs
+        if self.seconds > 0 and elapsed + per_epoch > self.seconds and engine.state.epoch < engine.state.max_epochs:
+            logger.info("time budget: %.0f s used after epoch %d (%.0f s per epoch), budget %.0f s: stopping", elapsed, engine.state.epoch, per_epoch, self.seconds)
+            self._stopped = True
+            engine.terminate()
+
+    def _record(self, engine: Engine) -> None:
+        elapsed = time.perf_counter() - self._t0
+        logger.info("training took %.1f s (%.1f min) over %d epoch(s) in this process", elapsed, elapsed / 60, self._epochs)
+        if self.record_file is None or _rank() != 0:
+            return
+        from mcdrl.utils import atomic_path
+
+        with atomic_path(self.record_file) as tmp:
+            Path(tmp).write_text(json.dumps({"seconds": round(elapsed, 1), "epochs": self._epochs, "last_epoch": engine.state.epoch,
+                                             "budget_s": self.seconds or None, "stopped_by_budget": self._stopped}, indent=1) + "\n")

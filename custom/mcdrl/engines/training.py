@@ -20,24 +20,39 @@ __all__ = ["PrepareBatchWithClass", "list_images", "load_datalist", "param_group
 logger = logging.getLogger(__name__)
 
 
-def load_datalist(path: str | os.PathLike, key: str = "training", base_dir: str | os.PathLike | None = None, sites: list[str] | None = None, check_files: bool = True) -> list[dict]:
-    """Read one split of a JSON datalist and check that every file exists.
+def load_datalist(path: str | os.PathLike | list, key: str = "training", base_dir: str | os.PathLike | None = None, sites: list[str] | None = None, check_files: bool = True,
+                  allow_missing_split: bool = False) -> list[dict]:
+    """Read one split of a JSON datalist (or the concatenation over several) and check that every file exists.
 
     Entries are ``{"image", "label", "site", "lesion_class", ...}``; relative paths are resolved against
     ``base_dir`` (default: the datalist's folder).
 
     Args:
-        path: the datalist JSON. key: the split (``"training"``, ``"validation"``, ``"test"``).
+        path: the datalist JSON, or a list of them (each split is the concatenation, in order; a datalist without the
+            split contributes nothing, e.g. a pool of extra training scenes has no validation split).
+        key: the split (``"training"``, ``"validation"``, ``"test"``).
         sites: if given, keep only entries of these sites.
         check_files: raise if an image or label file is missing.
+        allow_missing_split: a datalist without split ``key`` contributes nothing instead of being an error (set for
+            each file of a list).
 
     Raises:
         FileNotFoundError: naming the datalist, the entry and the missing file.
     """
+    if isinstance(path, (list, tuple)):
+        if not path:
+            raise ConfigError("datalist is an empty list; name at least one datalist JSON file")
+        return [item for p in path for item in load_datalist(p, key, base_dir, sites, check_files, allow_missing_split=len(path) > 1)]
     path = Path(path)
     if not path.is_file():
         raise InputFileError(f"datalist not found: {path}. Point 'datalist' at a JSON file (python -m mcdrl.synthetic writes one).")
     base = Path(base_dir) if base_dir else path.parent
+    if allow_missing_split:
+        try:
+            if key not in json.loads(path.read_text()):
+                return []
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"datalist {path} is not valid JSON ({e})") from e
     try:
         items = load_decathlon_datalist(str(path), is_segmentation=True, data_list_key=key, base_dir=str(base))
     except (ValueError, KeyError, json.JSONDecodeError) as e:
@@ -52,38 +67,76 @@ def load_datalist(path: str | os.PathLike, key: str = "training", base_dir: str 
     return items
 
 
-def param_groups(network, lr: float, backbone_lr_scale: float = 0.01, weight_decay: float = 1e-4) -> list[dict]:
+def trainable_backbone_parameters(backbone, blocks: int | None = None) -> list:
+    """The CLIP visual parameters that train when only the last ``blocks`` blocks are unfrozen (None: all of them).
+
+    ViT: the last ``blocks`` transformer blocks plus ``ln_post`` and ``proj`` (the read-out); ResNet: the last ``blocks``
+    of (layer1, layer2, layer3, layer4, attnpool). ``blocks=0`` freezes the whole encoder.
+    """
+    visual = backbone.visual
+    if blocks is None or int(blocks) < 0:
+        return list(visual.parameters())
+    blocks = int(blocks)
+    if blocks == 0:
+        return []
+    if backbone.is_vit:
+        parts = list(visual.transformer.resblocks)[-blocks:]
+        return [p for m in parts for p in m.parameters()] + list(visual.ln_post.parameters()) + [visual.proj]
+    stages = [visual.layer1, visual.layer2, visual.layer3, visual.layer4, visual.attnpool]
+    return [p for m in stages[-blocks:] for p in m.parameters()]
+
+
+def param_groups(network, lr: float, backbone_lr_scale: float = 0.01, weight_decay: float = 1e-4, backbone_trainable_blocks: int | None = None) -> list[dict]:
     """AdamW parameter groups [ours]: new modules at ``lr``, the CLIP visual encoder at ``lr * backbone_lr_scale``.
 
     The text tower is not part of the network (its embeddings are frozen buffers), so it is never trained.
-    ``backbone_lr_scale=0`` freezes the visual encoder.
+    ``backbone_lr_scale=0`` freezes the visual encoder; ``backbone_trainable_blocks=n`` trains only its last n blocks
+    (:func:`trainable_backbone_parameters`) and freezes the trunk below them, whose forward then builds no autograd
+    graph. Networks without a CLIP backbone (e.g. a MONAI UNet baseline) get one group at ``lr``.
     """
     net = unwrap(network)
-    backbone = [p for p in net.backbone.parameters() if p.requires_grad]
-    ids = {id(p) for p in backbone}
-    new = [p for p in net.parameters() if p.requires_grad and id(p) not in ids]
+    if not hasattr(net, "backbone"):
+        return [{"params": [p for p in net.parameters() if p.requires_grad], "lr": lr, "weight_decay": weight_decay}]
+    all_backbone = list(net.backbone.parameters())
+    ids_all = {id(p) for p in all_backbone}
+    trainable = [] if backbone_lr_scale <= 0 else trainable_backbone_parameters(net.backbone, backbone_trainable_blocks)
+    ids_trainable = {id(p) for p in trainable}
+    for p in all_backbone:
+        p.requires_grad_(id(p) in ids_trainable)
+    new = [p for p in net.parameters() if p.requires_grad and id(p) not in ids_all]
     groups = [{"params": new, "lr": lr, "weight_decay": weight_decay}]
-    if backbone_lr_scale > 0:
-        groups.append({"params": backbone, "lr": lr * backbone_lr_scale, "weight_decay": weight_decay})
-    else:
-        for p in backbone:
-            p.requires_grad_(False)
+    if trainable:
+        groups.append({"params": trainable, "lr": lr * backbone_lr_scale, "weight_decay": weight_decay})
     return groups
 
 
 class PrepareBatchWithClass(PrepareBatch):
-    """Batch -> (image, {"label", "lesion_class"}): passes each image's class index to :class:`mcdrl.networks.losses.MCDRLLoss`."""
+    """Batch -> (image, {"label", "lesion_class", "paired"}) for :class:`mcdrl.networks.losses.MCDRLLoss`.
 
-    def __init__(self, class_key: str = "lesion_class"):
+    With counterfactual pairs (the batch also holds ``image_cf``: each image with confounders added or changed, same
+    scene and geometry), the network gets both halves in one batch [x_1 .. x_B, x'_1 .. x'_B], the labels and classes
+    are repeated (``label_cf`` when present), and ``paired`` is True.
+    """
+
+    def __init__(self, class_key: str = "lesion_class", counterfactual_key: str = "image_cf"):
         self.class_key = class_key
+        self.counterfactual_key = counterfactual_key
 
     def __call__(self, batchdata, device=None, non_blocking: bool = False, **kwargs):
-        image = batchdata["image"].to(device=device, non_blocking=non_blocking, **kwargs)
-        label = batchdata["label"].to(device=device, non_blocking=non_blocking, **kwargs)
+        image = batchdata["image"]
+        label = batchdata["label"]
         classes = batchdata.get(self.class_key)
         if classes is None:
             classes = torch.full((image.shape[0],), -1, dtype=torch.long)
-        return image, {"label": label, "lesion_class": torch.as_tensor(classes).to(device)}
+        classes = torch.as_tensor(classes)
+        paired = self.counterfactual_key in batchdata
+        if paired:
+            image = torch.cat([image, batchdata[self.counterfactual_key]])
+            label = torch.cat([label, batchdata.get("label_cf", label)])
+            classes = torch.cat([classes, classes])
+        image = image.to(device=device, non_blocking=non_blocking, **kwargs)
+        label = label.to(device=device, non_blocking=non_blocking, **kwargs)
+        return image, {"label": label, "lesion_class": classes.to(device), "paired": paired}
 
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")

@@ -185,7 +185,7 @@ def _split_counts(n: int, split: Sequence[float]) -> list[int]:
 
 def generate_dataset(out_dir: str | os.PathLike, sites: Sequence[str], n_per_site: int, seed: int = 0,
                      formats: Sequence[str] = ("png",), split: Sequence[float] = (0.8, 0.2), size: int = 224,
-                     progress: bool = False) -> Path:
+                     progress: bool = False, extra_training: int = 0) -> Path:
     """Render ``n_per_site`` cases per site and write files + ``datalist.json`` (see module doc).
 
     Args:
@@ -199,6 +199,9 @@ def generate_dataset(out_dir: str | os.PathLike, sites: Sequence[str], n_per_sit
         split: (train, val) or (train, val, test) fractions; a per-site seeded shuffle assigns cases.
         size: image side in pixels.
         progress: print one line per site.
+        extra_training: further cases per site, all in the training split (cases ``n_per_site`` ..
+            ``n_per_site + extra_training - 1``: distinct scenes). The first ``n_per_site`` cases and their split are
+            exactly those of a run without it, so a validation split stays the same when the training pool grows.
 
     Returns:
         path of ``datalist.json``; entries: ``{"image", "label", "site", "lesion_class",
@@ -217,7 +220,8 @@ def generate_dataset(out_dir: str | os.PathLike, sites: Sequence[str], n_per_sit
     datalist: dict = {
         "name": "MCDRL synthetic endoscopy", "seed": seed, "size": size, "formats": formats,
         "label_values": {"0": "background", "1": "lesion"}, "lesion_classes": LESION_CLASSES,
-        "confounders": CONFOUNDERS, "sites": {s: specs[s].title for s in sites}, **{k: [] for k in keys},
+        "confounders": CONFOUNDERS, "sites": {s: specs[s].title for s in sites}, "extra_training_per_site": int(extra_training),
+        **{k: [] for k in keys},
     }
     for site in sites:
         spec = specs[site]
@@ -229,10 +233,10 @@ def generate_dataset(out_dir: str | os.PathLike, sites: Sequence[str], n_per_sit
             from pydicom.uid import generate_uid
 
             study = {k: generate_uid(entropy_srcs=["mcdrl-synthetic", str(seed), site, k]) for k in study}
-        for i in range(n_per_site):
+        for i in range(n_per_site + int(extra_training)):
             case = sample_case(spec, derive_seed(seed, "case", i), size)
             entry = _write_case(out, case, f"{site}_{i:05d}", i, formats, study)
-            datalist[keys[int(which[i])]].append(entry)
+            datalist[keys[int(which[i])] if i < n_per_site else "training"].append(entry)
         if progress:
             print(f"site {site}: {n_per_site} cases written to {out}", flush=True)
     atomic_write(out / "datalist.json", lambda tmp: Path(tmp).write_text(json.dumps(datalist, indent=1) + "\n"))

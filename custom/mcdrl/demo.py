@@ -74,6 +74,7 @@ def run_demo(out: Path, site: str = HELD_OUT_SITE, n: int = 8, seed: int = 2026,
     t_inf = time.time() - t_inf
     rows = []
     (out / "overlays").mkdir(exist_ok=True)
+    scores = {Path(r["input"]).stem: r.get("lesion_score") for r in json.loads((masks / "summary.json").read_text())["cases"]}
     for case in cases:
         stem = Path(case["image"]).stem
         image = np.array(Image.open(out / "data" / case["image"]).convert("RGB"))
@@ -84,21 +85,31 @@ def run_demo(out: Path, site: str = HELD_OUT_SITE, n: int = 8, seed: int = 2026,
         m = per_image_metrics(torch.from_numpy(pred), torch.from_numpy(gt))
         with atomic_path(out / "overlays" / f"{stem}.png") as tmp:
             Image.fromarray(_overlay(image, pred, gt)).save(tmp, format="PNG")
+        score = scores.get(stem)
         rows.append({"case": stem, "lesion_class": case["lesion_class"], "confounders": case.get("confounders", []),
+                     "lesion_score": None if score is None else round(float(score), 4),
                      "dice": round(m["dice"], 4), "iou": round(m["iou"], 4), "lesion_px_true": int(gt.sum()), "lesion_px_pred": int(pred.sum())})
+    free = [r for r in rows if r["lesion_px_true"] == 0]
     summary = {"site": site, "n": len(rows), "seed": seed, "mean_dice": round(float(np.mean([r["dice"] for r in rows])), 4),
+               "lesion_free_frames": len(free), "false_alarms": sum(r["lesion_px_pred"] > 0 for r in free),
                "inference_seconds": round(t_inf, 1), "total_seconds": round(time.time() - t0, 1), "cases": rows}
     _write_reports(out, summary)
     return summary
 
 
+def _score(r: dict) -> str:
+    return "-" if r.get("lesion_score") is None else f"{r['lesion_score']:.2f}"
+
+
 def _write_reports(out: Path, s: dict) -> None:
-    head = f"Held-out site {s['site']}: {s['n']} cases, mean Dice {s['mean_dice']:.3f} (inference {s['inference_seconds']} s, demo {s['total_seconds']} s)"
-    md = [f"# MCDRL demo\n\n{head}\n", "| case | class | confounders | Dice | IoU | lesion px (true / pred) | overlay |", "|---|---|---|---|---|---|---|"]
+    head = (f"Held-out site {s['site']}: {s['n']} cases, mean Dice {s['mean_dice']:.3f}; false alarms on {s['false_alarms']} of "
+            f"{s['lesion_free_frames']} lesion-free frames (inference {s['inference_seconds']} s, demo {s['total_seconds']} s)")
+    md = [f"# MCDRL demo\n\n{head}\n", "| case | class | confounders | lesion score | Dice | IoU | lesion px (true / pred) | overlay |", "|---|---|---|---|---|---|---|---|"]
     for r in s["cases"]:
-        md.append(f"| {r['case']} | {r['lesion_class']} | {', '.join(r['confounders']) or '-'} | {r['dice']:.3f} | {r['iou']:.3f} | {r['lesion_px_true']} / {r['lesion_px_pred']} | ![](overlays/{r['case']}.png) |")
+        md.append(f"| {r['case']} | {r['lesion_class']} | {', '.join(r['confounders']) or '-'} | {_score(r)} | {r['dice']:.3f} | {r['iou']:.3f} | {r['lesion_px_true']} / {r['lesion_px_pred']} | ![](overlays/{r['case']}.png) |")
     cells = "".join(
-        f"<figure><img src='overlays/{html.escape(r['case'])}.png' width=224><figcaption>{html.escape(r['case'])} {html.escape(r['lesion_class'])}: Dice {r['dice']:.3f}</figcaption></figure>"
+        f"<figure><img src='overlays/{html.escape(r['case'])}.png' width=224><figcaption>{html.escape(r['case'])} {html.escape(r['lesion_class'])}: "
+        f"Dice {r['dice']:.3f}, lesion score {_score(r)}</figcaption></figure>"
         for r in s["cases"]
     )
     page = f"<!doctype html><meta charset=utf-8><title>MCDRL demo</title><h1>MCDRL demo</h1><p>{html.escape(head)}. Red: prediction; green outline: ground truth.</p><div style='display:flex;flex-wrap:wrap;gap:8px'>{cells}</div>"
@@ -117,8 +128,9 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     s = run_demo(Path(a.out), a.site, a.n, a.seed, a.bundle_root)
     for r in s["cases"]:
-        print(f"{r['case']:>12}  {r['lesion_class']:<12} Dice {r['dice']:.3f}")
-    print(f"mean Dice {s['mean_dice']:.3f} on held-out site {s['site']} ({s['n']} cases); report: {Path(a.out) / 'summary.html'}")
+        print(f"{r['case']:>12}  {r['lesion_class']:<12} lesion score {_score(r)}  Dice {r['dice']:.3f}")
+    print(f"mean Dice {s['mean_dice']:.3f} on held-out site {s['site']} ({s['n']} cases), false alarms on {s['false_alarms']} of "
+          f"{s['lesion_free_frames']} lesion-free frames; report: {Path(a.out) / 'summary.html'}")
     return 0
 
 

@@ -6,6 +6,7 @@ Each is a small MONAI ``Transform`` with a dictionary twin, so that it drops int
 from __future__ import annotations
 
 import logging
+import warnings
 from collections.abc import Hashable, Mapping, Sequence
 
 import numpy as np
@@ -18,7 +19,7 @@ from mcdrl.networks.prompts import LESION_CLASSES, NO_LESION
 
 from .errors import ConfigError
 
-__all__ = ["LabelToBinary", "LabelToBinaryd", "LesionClassToIndexd", "SaveImaged", "ToModelInput", "ToModelInputd"]
+__all__ = ["LabelToBinary", "LabelToBinaryd", "LesionClassToIndexd", "LesionPostprocess", "LesionPostprocessd", "SaveImaged", "ToModelInput", "ToModelInputd"]
 
 logger = logging.getLogger(__name__)
 
@@ -152,3 +153,71 @@ class SaveImaged(_SaveImaged):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.set_options(write_kwargs={"reverse_indexing": False})
+
+
+def _plain(x) -> torch.Tensor:
+    """A MetaTensor's data as a plain tensor (anything else through ``torch.as_tensor``)."""
+    x = torch.as_tensor(x)
+    return x.as_tensor() if hasattr(x, "as_tensor") else x
+
+
+class LesionPostprocess(Transform):
+    """Clean a predicted lesion label map with MONAI's ``RemoveSmallObjects`` and ``KeepLargestConnectedComponent``.
+
+    The minimum lesion size is a fraction of the image area, so that one setting suits a 224 px synthetic frame and a
+    1280 x 1024 endoscope frame alike. Both steps are off by default; the bundle's configs set them
+    (``min_lesion_fraction``, ``keep_largest_lesion``) to what measured best on source-site validation.
+
+    Args:
+        min_fraction: lesion components smaller than this fraction of the image's pixels are removed (0 = off).
+        keep_largest: keep only the largest lesion component of each image (off for data with several lesions per frame).
+
+    Shapes:
+        (1, H, W) or (H, W) integer or {0, 1} float label map (tensor or ndarray) -> the same type and shape.
+    """
+
+    def __init__(self, min_fraction: float = 0.0, keep_largest: bool = False):
+        self.min_fraction = float(min_fraction)
+        self.keep_largest = bool(keep_largest)
+
+    def __call__(self, label):
+        if self.min_fraction <= 0 and not self.keep_largest:
+            return label
+        from monai.transforms import KeepLargestConnectedComponent, RemoveSmallObjects
+
+        is_np = isinstance(label, np.ndarray)
+        x = _plain(torch.as_tensor(label))
+        squeeze = x.dim() == 2
+        x = x[None] if squeeze else x
+        fg = (x > 0).to(torch.uint8)
+        if self.min_fraction > 0 and bool(fg.any()):
+            size = int(self.min_fraction * fg.shape[-1] * fg.shape[-2])
+            if size > 0:
+                with warnings.catch_warnings():  # monai passes skimage's deprecated min_size; same semantics
+                    warnings.simplefilter("ignore")
+                    fg = _plain(RemoveSmallObjects(min_size=size)(fg)).to(torch.uint8)
+        if self.keep_largest and bool(fg.any()):
+            fg = _plain(KeepLargestConnectedComponent(applied_labels=[1])(fg)).to(torch.uint8)
+        out = x * fg.to(x.dtype) if x.dtype != torch.bool else x & fg.bool()
+        out = out[0] if squeeze else out
+        if is_np:
+            return out.numpy()
+        if hasattr(label, "meta"):
+            from monai.data import MetaTensor
+
+            return MetaTensor(out, meta=label.meta)
+        return out
+
+
+class LesionPostprocessd(MapTransform):
+    """Dictionary twin of :class:`LesionPostprocess` (after the argmax, before any one-hot)."""
+
+    def __init__(self, keys: KeysCollection, min_fraction: float = 0.0, keep_largest: bool = False, allow_missing_keys: bool = False):
+        super().__init__(keys, allow_missing_keys)
+        self.t = LesionPostprocess(min_fraction, keep_largest)
+
+    def __call__(self, data):
+        d = dict(data)
+        for key in self.key_iterator(d):
+            d[key] = self.t(d[key])
+        return d

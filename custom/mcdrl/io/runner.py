@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from mcdrl.errors import InputFileError
+from mcdrl.transforms import LesionPostprocess
 from mcdrl.utils import as_bool
 
 from .discovery import DEFAULT_MAX_SIDE, Case, DiscoverCases, quiet_dicom, redact
@@ -74,6 +75,7 @@ class _Pending:
     masks: np.ndarray
     weights: torch.Tensor
     remaining: int
+    scores: np.ndarray
     model_s: float = 0.0
     error: str = ""
     outputs: list[Path] = field(default_factory=list)
@@ -92,6 +94,8 @@ class FolderInferenceRunner:
         max_side: images with a larger side are errors (default 8192 px).
         write_seg: write DICOM SEG for DICOM inputs (needs highdicom; without it each DICOM case gets a warning).
         progress: True/False forces the tqdm bar; None: bar on a terminal, log lines otherwise.
+        min_lesion_fraction, keep_largest_lesion: the bundle's post-processing of each frame's mask
+            (:class:`mcdrl.transforms.LesionPostprocess`), the same as ``postprocessing`` in inference.json.
 
     Example:
         >>> runner = FolderInferenceRunner(net, "cpu", "out/", strict=False)
@@ -101,7 +105,7 @@ class FolderInferenceRunner:
 
     def __init__(self, network: torch.nn.Module, device: str | torch.device | None = None, output_dir: str | os.PathLike = "output",
                  strict: bool | str = True, batch_size: int = 8, max_side: int = DEFAULT_MAX_SIDE, write_seg: bool | str = True,
-                 progress: bool | None = None):
+                 progress: bool | None = None, min_lesion_fraction: float = 0.0, keep_largest_lesion: bool = False):
         self.network = network
         self.device = torch.device(device) if device is not None else next(network.parameters()).device
         self.output_dir = Path(output_dir)
@@ -111,6 +115,7 @@ class FolderInferenceRunner:
         self.write_seg = as_bool(write_seg, "write_seg")
         self.progress = progress
         self._load = LoadCase()
+        self._post = LesionPostprocess(min_lesion_fraction, as_bool(keep_largest_lesion, "keep_largest_lesion"))
 
     # ------------------------------------------------------------------ public
     def run(self, input_path: str | os.PathLike) -> list[CaseResult]:
@@ -181,7 +186,7 @@ class FolderInferenceRunner:
                     progress.update(item)
                     continue
                 n, _, h, w = item.frames.shape
-                st = _Pending(item, np.zeros((n, h, w), np.uint8), torch.zeros(len(self._names)), n)
+                st = _Pending(item, np.zeros((n, h, w), np.uint8), torch.zeros(len(self._names)), n, np.zeros(n, np.float32))
                 start = 0
                 while start < n:
                     if buffer and buffer[0][0].loaded.frames.shape[-2:] != (h, w):
@@ -207,12 +212,17 @@ class FolderInferenceRunner:
         t0 = time.perf_counter()
         try:
             x = torch.cat([st.loaded.frames[s : s + k] for st, s, k in buffer]).to(self.device, non_blocking=True)
-            logits, weights = net.predict_with_confounders(x)
-            masks = _argmax_channels(logits).cpu().numpy()
+            if getattr(net, "presence_decision", None) is not None:
+                logits, weights, scores = net.predict_with_confounders(x, with_score=True)
+                scores = scores.float().cpu().numpy()
+            else:  # a network without the presence decision's score
+                logits, weights = net.predict_with_confounders(x)
+                scores = np.full(x.shape[0], np.nan, np.float32)
+            masks = np.stack([self._post(m) for m in _argmax_channels(logits).cpu().numpy()])
             weights = weights.float().cpu()
             error = ""
         except Exception as e:  # noqa: BLE001 - a failed batch fails its cases, not the run
-            masks, weights, error = None, None, f"model call failed: {type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
+            masks, weights, scores, error = None, None, None, f"model call failed: {type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
         dt = time.perf_counter() - t0
         done, offset = [], 0
         for st, s, k in buffer:
@@ -221,6 +231,7 @@ class FolderInferenceRunner:
             else:
                 st.masks[s : s + k] = masks[offset : offset + k]
                 st.weights += weights[offset : offset + k].sum(0)
+                st.scores[s : s + k] = scores[offset : offset + k]
             offset += k
             st.model_s += dt * k / total
             st.remaining -= k
@@ -261,6 +272,7 @@ class FolderInferenceRunner:
         mean_w = st.weights / max(n, 1)
         top = torch.argsort(mean_w, descending=True)[:3].tolist()
         res.top_confounders = [(self._names[i], float(mean_w[i])) for i in top]
+        res.lesion_score = None if np.isnan(st.scores).all() else float(np.nanmax(st.scores))
         res.lesion_area_px = int(np.count_nonzero(st.masks))
         res.lesion_frames = int(np.count_nonzero(st.masks.reshape(n, -1).any(axis=1)))
         if lc.pixel_area_mm2 is not None:

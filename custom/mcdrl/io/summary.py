@@ -26,7 +26,7 @@ logger = logging.getLogger("mcdrl.io")
 
 CSV_COLUMNS = [
     "case", "input", "kind", "status", "reason", "warnings", "series_uid", "frames", "rows", "columns",
-    "lesion_area_px", "lesion_area_mm2", "lesion_frames", "seconds",
+    "lesion_score", "lesion_area_px", "lesion_area_mm2", "lesion_frames", "seconds",
     "confounder_1", "weight_1", "confounder_2", "weight_2", "confounder_3", "weight_3", "outputs",
 ]
 
@@ -40,7 +40,9 @@ class CaseResult:
         status: "ok", "error" or "skipped". reason: why not ok.
         lesion_area_px: lesion pixels summed over all frames. lesion_area_mm2: the same in mm^2 (None when the
             pixel spacing is unknown: photos, DICOM without PixelSpacing, NIfTI without spatial units).
-        lesion_frames: frames with any lesion pixel. seconds: load + this case's share of the batched model calls
+        lesion_score: the network's image-level lesion score (1 - P(normal mucosa)), the highest over the frames; a
+            frame scoring below the model's presence threshold gets an empty mask. lesion_frames: frames with any
+            lesion pixel. seconds: load + this case's share of the batched model calls
             + writing. top_confounders: [(name, weight)] x 3, the intervention's attention over the confounder
             dictionary averaged over the selected regions and the frames. outputs: written files, relative to the
             output folder.
@@ -58,6 +60,7 @@ class CaseResult:
     columns: int | None = None
     lesion_area_px: int | None = None
     lesion_area_mm2: float | None = None
+    lesion_score: float | None = None
     lesion_frames: int | None = None
     seconds: float | None = None
     top_confounders: list[tuple[str, float]] = field(default_factory=list)
@@ -71,6 +74,8 @@ class CaseResult:
             row["lesion_area_mm2"] = f"{self.lesion_area_mm2:.3f}"
         if self.seconds is not None:
             row["seconds"] = f"{self.seconds:.3f}"
+        if self.lesion_score is not None:
+            row["lesion_score"] = f"{self.lesion_score:.4f}"
         for i in range(3):
             name, weight = self.top_confounders[i] if i < len(self.top_confounders) else ("", None)
             row[f"confounder_{i + 1}"], row[f"weight_{i + 1}"] = name, "" if weight is None else f"{weight:.4f}"
@@ -81,6 +86,8 @@ class CaseResult:
         d["top_confounders"] = [{"name": n, "weight": round(float(w), 6)} for n, w in self.top_confounders]
         if d["seconds"] is not None:
             d["seconds"] = round(d["seconds"], 4)
+        if d["lesion_score"] is not None:
+            d["lesion_score"] = round(d["lesion_score"], 6)
         return d
 
 
@@ -118,7 +125,8 @@ def _describe(r: CaseResult) -> str:
     area = f"{r.lesion_area_px} px" + (f" ({r.lesion_area_mm2:.1f} mm2)" if r.lesion_area_mm2 is not None else "")
     top = ", ".join(n for n, _ in r.top_confounders)
     warn = f"; warnings: {'; '.join(r.warnings)}" if r.warnings else ""
-    return f"ok {r.input} -> {r.case}: {r.frames} frame(s), lesion {area}, {r.seconds:.2f} s, top confounders: {top}{warn}"
+    score = "" if r.lesion_score is None else f" (score {r.lesion_score:.2f})"
+    return f"ok {r.input} -> {r.case}: {r.frames} frame(s), lesion {area}{score}, {r.seconds:.2f} s, top confounders: {top}{warn}"
 
 
 class Progress:

@@ -25,6 +25,7 @@ TINY_OVERRIDES = {
     "clip_model": TINY,
     "intervention_heads": 2,
     "decoder_channels": [16, 8],
+    "decoder_skip_channels": [4, 8],
     "num_workers": 0,
 }
 

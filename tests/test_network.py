@@ -191,7 +191,7 @@ def test_use_intervention_false_bypasses_the_layer_exactly(tiny_world):
         tokens = on.backbone.forward_dense(on._resize_in(x))
         bypass_tokens, _, _ = off._regions(tokens)
         assert torch.equal(bypass_tokens, tokens)
-        baseline = off._decode(tokens, x.shape[-2:])
+        baseline = off._decode(tokens, x.shape[-2:], None)
         assert torch.equal(off(x), baseline)
         assert not torch.equal(on(x), baseline)
 

@@ -89,13 +89,13 @@ def forward_cached(net: MCDRLNet, x_in: torch.Tensor, size) -> torch.Tensor | di
     if net.training:
         tokens, f_ca, _ = net._regions(bb._vit_dense(x_in))
         return {
-            "pred": net._decode(tokens, size),
+            "pred": net._decode(tokens, size, None),
             "image_embedding": bb._vit_global(x_in),
             "region_embedding": f_ca.mean(dim=1),
             "intervention_on": net.applies_intervention,
         }
     tokens, _, _ = net._regions(bb._vit_dense(x_in))
-    return net._decode(tokens, size)
+    return net._decode(tokens, size, None)
 
 
 @torch.no_grad()
@@ -110,4 +110,4 @@ def forward_diagnostics(net: MCDRLNet, x_in: torch.Tensor, size) -> tuple[torch.
         f = torch.gather(dense, 1, idx.unsqueeze(-1).expand(-1, -1, dense.shape[-1]))
         weights = net.intervention.confounder_weights(f, d.confounders.to(f.dtype))
     tokens, _, _ = net._regions(dense)
-    return net._decode(tokens, size), idx, weights
+    return net._decode(tokens, size, None), idx, weights

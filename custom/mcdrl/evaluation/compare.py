@@ -1,0 +1,125 @@
+"""``python -m mcdrl.evaluation.compare``: the shipped model side by side with the model a user would pick instead.
+
+It trains a MONAI UNet from scratch through the bundle's own trainer (``train.json`` + ``unet.json``: the same data,
+augmentation, schedule shape and model selection on source-site validation) for the wall time the shipped model's
+training took, then scores both, with the same post-processing, on the same source-site validation images and on
+the held-out site::
+
+    python -m mcdrl.evaluation.compare                      # budget from bundle/docs/results/demo_model.json
+    python -m mcdrl.evaluation.compare --budget_s 1500 --heldout data/heldout_F/datalist.json
+    python -m mcdrl.evaluation.compare --skip_training             # re-score the UNet of an earlier run
+
+Any other ``--key value`` goes to the UNet's training run (``--max_epochs 200``).
+
+Writes ``compare.json`` and ``compare.md`` (into ``bundle/docs/results/`` by default); the UNet's run (log, weights)
+stays in ``--work_dir`` (git-ignored ``bundle/runs/compare``). Nothing here reads a held-out image while training.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from mcdrl.evaluation.scoring import build_bundle_network, load_labelled_images, score_images, summarise, write_json
+from mcdrl.paths import default_bundle_root
+from mcdrl.utils import atomic_path
+
+__all__ = ["main", "relative"]
+
+
+def relative(path: str | os.PathLike, root: Path) -> str:
+    """``path`` relative to the repository ``root`` when it lies inside it (reports never carry machine paths)."""
+    p = Path(path).resolve()
+    try:
+        return p.relative_to(root.resolve()).as_posix()
+    except ValueError:
+        return p.name
+
+
+def _train_unet(bundle: Path, work: Path, budget_s: float, extra: list[str]) -> dict:
+    cmd = [sys.executable, "-m", "monai.bundle", "run", "training", "--config_file",
+           str([str(bundle / "configs" / "train.json"), str(bundle / "configs" / "unet.json")]),
+           "--meta_file", str(bundle / "configs" / "metadata.json"), "--logging_file", str(bundle / "configs" / "logging.conf"),
+           "--bundle_root", str(bundle), "--ckpt_dir", str(work / "models"), "--output_dir", str(work / "run"),
+           "--resume", "false", "--time_budget_s", str(budget_s), *extra]
+    work.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    with open(work / "train.log", "w") as log:
+        proc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    if proc.returncode != 0:
+        raise SystemExit(f"UNet training failed (exit {proc.returncode}); see {work / 'train.log'}")
+    record = json.loads((work / "run" / "training_time.json").read_text())
+    record["process_s"] = round(time.perf_counter() - t0, 1)
+    return record
+
+
+def main(argv: list[str] | None = None) -> int:
+    bundle = Path(default_bundle_root())
+    repo = bundle.parent
+    p = argparse.ArgumentParser(prog="python -m mcdrl.evaluation.compare", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--budget_s", type=float, default=None, help="the UNet's wall-time budget (default: the shipped model's logged training time)")
+    p.add_argument("--datalist", default=str(repo / "data" / "synthetic" / "datalist.json"), help="training datalist (its validation split is scored)")
+    p.add_argument("--heldout", default=str(repo / "data" / "heldout_F" / "datalist.json"), help="held-out datalist (its training split is scored)")
+    p.add_argument("--heldout_split", default="training")
+    p.add_argument("--work_dir", default=str(bundle / "runs" / "compare"))
+    p.add_argument("--out", default=str(bundle / "docs" / "results"))
+    p.add_argument("--skip_training", action="store_true", help="score the UNet already in --work_dir")
+    a, unet_overrides = p.parse_known_args(argv)  # anything else is passed to the UNet's training run (--key value)
+    work = Path(a.work_dir)
+    shipped_record = json.loads((bundle / "docs" / "results" / "demo_model.json").read_text())
+    budget = a.budget_s or shipped_record.get("training", {}).get("seconds")
+    if not budget:
+        raise SystemExit("no --budget_s given and bundle/docs/results/demo_model.json has no training.seconds")
+    unet_record = None
+    if not a.skip_training:
+        unet_record = _train_unet(bundle, work, float(budget), ["--dataset_dir", str(Path(a.datalist).parent), *unet_overrides])
+    elif (work / "run" / "training_time.json").is_file():
+        unet_record = json.loads((work / "run" / "training_time.json").read_text())
+    sets = {"validation (source sites)": load_labelled_images(a.datalist, "validation"),
+            "held-out site": load_labelled_images(a.heldout, a.heldout_split)}
+    models = {
+        "shipped MCDRL": build_bundle_network(str(bundle / "configs" / "inference.json"), bundle / "models" / "model.pt", {"bundle_root": str(bundle)}),
+        "MONAI UNet (same wall time)": build_bundle_network([str(bundle / "configs" / "train.json"), str(bundle / "configs" / "unet.json")],
+                                                           work / "models" / "model.pt", {"bundle_root": str(bundle)}),
+    }
+    results = {}
+    for name, (net, post) in models.items():
+        results[name] = {s: summarise(score_images(net, imgs, post)) for s, imgs in sets.items()}
+        print(name, {s: (r["dice"], r["false_alarm_rate"], r["sensitivity"]) for s, r in results[name].items()}, flush=True)
+    doc = {
+        "command": "python -m mcdrl.evaluation.compare " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "date": datetime.datetime.now().isoformat(timespec="seconds"),
+        "datalist": relative(a.datalist, repo), "heldout": relative(a.heldout, repo),
+        "budget_s": float(budget), "shipped_training": shipped_record.get("training"), "unet_training": unet_record,
+        "detection_rule": "a lesion is detected when the mask covers >= 10% of its pixels; a false alarm is any lesion pixel on a lesion-free frame",
+        "results": results,
+    }
+    out = Path(a.out)
+    write_json(out / "compare.json", doc)
+    lines = ["# Shipped MCDRL against a MONAI UNet trained for the same wall time", "",
+             f"Generated by `{doc['command'].strip()}`; do not edit by hand. UNet budget {budget:.0f} s "
+             f"(the shipped model's training); the UNet ran {unet_record['epochs'] if unet_record else '?'} epochs.", "",
+             "| model | set | images | Dice | IoU | Dice on lesion images | false alarms (lesion-free) | lesion sensitivity |", "|---|---|---|---|---|---|---|---|"]
+    for name, per_set in results.items():
+        for s, r in per_set.items():
+            fa = "-" if r["false_alarm_rate"] is None else f"{100 * r['false_alarm_rate']:.0f}% of {r['lesion_free_images']}"
+            se = "-" if r["sensitivity"] is None else f"{100 * r['sensitivity']:.0f}% of {r['lesion_images']}"
+            lines.append(f"| {name} | {s} | {r['n']} | {r['dice']:.3f} | {r['iou']:.3f} | {r['dice_lesion_images']:.3f} | {fa} | {se} |")
+    with atomic_path(out / "compare.md") as tmp:
+        Path(tmp).write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    from mcdrl.errors import install_cli_hook
+
+    install_cli_hook()
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    raise SystemExit(main())

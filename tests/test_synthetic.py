@@ -275,11 +275,13 @@ PINS = Path(__file__).with_name("data") / "synthetic_pins.json"
 
 def pin_cases() -> dict[str, object]:
     """Case id -> a zero-argument function rendering it: every site A-F and the generic mixture (3 seeds at 224, one
-    at 96; two more of the mixture at 160), every confounder alone at 224 and 96, each lesion class clean, and mixes on the sites' devices."""
+    at 96; two more of the mixture at 160), every confounder alone at 224 and 96, each lesion class clean, and mixes
+    on the sites' devices."""
     cases: dict[str, object] = {}
     for spec in list(SITES.values()) + [GENERIC_MIXTURE]:
         for seed, size in ((0, 224), (1, 224), (2, 224), (0, 96)):
-            cases[f"site-{spec.name}-s{seed}-{size}"] = lambda spec=spec, seed=seed, size=size: sample_case(spec, seed, size)
+            cases[f"site-{spec.name}-s{seed}-{size}"] = lambda spec=spec, seed=seed, size=size: sample_case(
+                spec, seed, size)
     for seed in (3, 4):  # the CLIP input size
         cases[f"site-generic-s{seed}-160"] = lambda seed=seed: sample_case(GENERIC_MIXTURE, seed, 160)
     for size in (224, 96):
@@ -299,15 +301,16 @@ def pin_cases() -> dict[str, object]:
     ]
     for seed, cls, confs, site in mixes:
         for size in (224, 96):
-            cases[f"mix-{seed}-{site}-{size}"] = lambda seed=seed, cls=cls, confs=confs, site=site, size=size: render_case(
-                seed, cls, confs, SITES[site].device, size)
+            cases[f"mix-{seed}-{site}-{size}"] = lambda seed=seed, cls=cls, confs=confs, site=site, size=size: (
+                render_case(seed, cls, confs, SITES[site].device, size))
     return cases
 
 
 def _digest(case: Case) -> dict[str, str]:
     import hashlib
 
-    return {"image": hashlib.sha256(case.image.tobytes()).hexdigest(), "mask": hashlib.sha256(case.mask.tobytes()).hexdigest(),
+    sha = lambda a: hashlib.sha256(a.tobytes()).hexdigest()  # noqa: E731
+    return {"image": sha(case.image), "mask": sha(case.mask),
             "shape": "x".join(map(str, case.image.shape))}
 
 

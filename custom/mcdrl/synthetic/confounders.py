@@ -1,12 +1,15 @@
 """Image effects of the 12 confounders of :data:`mcdrl.networks.prompts.CONFOUNDERS`, on any RGB frame.
 
 One implementation, two users: the synthetic generator (:func:`mcdrl.synthetic.render.render_case`) calls these
-functions with its scene's exact layers; on any other frame (a real photo) the layers they need are estimated from
-the pixels (:class:`~mcdrl.synthetic.layers.Layers`). A name means the same effect in the text dictionary and in the image.
+functions with its scene's exact layers, and :class:`mcdrl.transforms.RandConfounder` calls them on any frame (a real
+photo or a generated one) through :func:`apply_confounders`, with the layers estimated from the pixels
+(:class:`~mcdrl.synthetic.layers.Layers`). A name means the same effect in the text dictionary and in the image.
 
 Each effect acts at its physical stage of the imaging chain (:data:`STAGES`, the order both users apply them in):
 
-* geometry  -- ``a near view`` / ``a far view``: the generator renders its scene at a zoom factor (:data:`ZOOM`),
+* geometry  -- ``a near view`` / ``a far view``: the generator renders its scene at a zoom factor (:data:`ZOOM`); on
+  a finished frame :func:`near_view` / :func:`far_view` zoom in (crop + resize) / out (shrink, reflected surround) by
+  a factor from the same table, label included,
 * surface   -- ``mucus``, ``blood``: material on the tissue (lit by the scene shading),
 * colour    -- ``narrow-band imaging`` (NBI colour mapping, vessels enhanced) and
   ``white light imaging`` (explicit HD white-light processor look: structure enhancement +
@@ -18,18 +21,23 @@ Each effect acts at its physical stage of the imaging chain (:data:`STAGES`, the
 
 Pixel effects (:data:`EFFECTS`) are ``fn(img, rng, layers=None) -> img`` with ``img`` (3, H, W) float32, values
 ~[0, 1] (not clipped in between, as in the generator), any H and W; their pixel sizes are stated for the 224 px
-reference frame and scaled by ``layers.px`` (default ``min(H, W) / 224``). None of them changes the lesion mask.
+reference frame and scaled by ``layers.px`` (default ``min(H, W) / 224``). None of them changes the lesion mask;
+only the geometric ones (:data:`GEOMETRY`) move it, identically to the image.
 """
 
 from __future__ import annotations
 
 import io
 import math
+from collections.abc import Iterable
 
 import numpy as np
 from PIL import Image, ImageDraw
 
-from ._ops import blur_l, blur_rgb, gauss_noise, grid, luminance, random_walk, rgb, smooth_noise, smoothstep, to_u8, window
+from mcdrl.networks.prompts import CONFOUNDERS
+
+from ._ops import (blur_l, blur_rgb, gauss_noise, grid, luminance, random_walk, resize_f, rgb, rng_for, smooth_noise,
+                   smoothstep, to_u8, window)
 from .layers import REFERENCE_SIDE, Layers
 
 #: Zoom ranges of the distance confounders and of the default working distance.
@@ -334,6 +342,102 @@ def imaging_artifacts(img: np.ndarray, rng: np.random.Generator, layers: Layers 
     return np.ascontiguousarray(out.transpose(2, 0, 1), dtype=np.float32) * np.float32(1 / 255)
 
 
+# ----------------------------------------------------------------------------- geometry (finished frames)
+def _fill_outside(img: np.ndarray, fov: np.ndarray) -> np.ndarray:
+    """``img`` (3, H, W) with the dark border outside ``fov`` (H, W), and a rim of ~4 % inside it (the soft FOV edge,
+    vignetting), replaced by smeared colours of the tissue next to it (normalised blur at <= 64 px)."""
+    from scipy import ndimage
+
+    h, w = fov.shape
+    f = max(1.0, max(h, w) / 64)
+    size = (max(1, round(w / f)), max(1, round(h / f)))
+
+    def shrink(m: np.ndarray) -> np.ndarray:
+        return np.asarray(Image.fromarray(np.ascontiguousarray(m, np.float32), "F").resize(size, Image.BOX))
+
+    inner = ndimage.binary_erosion(shrink(fov) > 0.98, iterations=2)
+    if not inner.any():
+        return img
+    m = inner.astype(np.float32)
+    sigma = 0.08 * max(size)
+    den = ndimage.gaussian_filter(m, sigma, mode="nearest") + 1e-4
+    smear = [resize_f(ndimage.gaussian_filter(shrink(c) * m, sigma, mode="nearest") / den, (h, w), Image.BILINEAR)
+             for c in img]
+    keep = np.clip(resize_f(m, (h, w), Image.BILINEAR), 0, 1)
+    return img * keep + np.stack(smear) * (1 - keep)
+
+
+def _resample(img: np.ndarray, label: np.ndarray | None, z: float, cy: float, cx: float,
+              fov: np.ndarray | None) -> tuple[np.ndarray, np.ndarray | None]:
+    """Scale the content of ``img`` by ``z`` about source point ``(cy, cx)`` -> frame centre; the label follows.
+
+    Bilinear for the image, nearest for the label, both on the same sampling grid with reflected borders; the frame's
+    dark border (outside ``fov``) stays where it was and the label is cleared there.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    h, w = img.shape[-2:]
+    src = img if fov is None else _fill_outside(img, fov)
+    if z < 1:  # anti-alias before shrinking
+        from scipy import ndimage
+
+        src = ndimage.gaussian_filter(src, (0, 0.45 / z, 0.45 / z), mode="mirror")
+    ys = (cy + ((np.arange(h) + 0.5) - h / 2) / z) * (2 / h) - 1
+    xs = (cx + ((np.arange(w) + 0.5) - w / 2) / z) * (2 / w) - 1
+    g = torch.from_numpy(np.stack(np.meshgrid(xs, ys, indexing="xy"), -1).astype(np.float32))[None]
+    out = F.grid_sample(torch.from_numpy(np.ascontiguousarray(src, np.float32))[None], g, mode="bilinear",
+                        padding_mode="reflection", align_corners=False)[0].numpy()
+    if fov is not None:
+        out = out * fov + img * (1 - fov)
+    lab = None
+    if label is not None:
+        arr = np.asarray(label)
+        lab3 = arr.reshape((-1,) + arr.shape[-2:]).astype(np.float32)
+        lab3 = F.grid_sample(torch.from_numpy(lab3)[None], g, mode="nearest", padding_mode="reflection",
+                             align_corners=False)[0].numpy()
+        if fov is not None:
+            lab3 = lab3 * (fov >= 0.5)
+        lab = lab3.reshape(arr.shape).astype(arr.dtype)
+    return out.astype(np.float32), lab
+
+
+def near_view(img: np.ndarray, rng: np.random.Generator, label: np.ndarray | None = None,
+              fov: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None, float]:
+    """Zoom in on a finished frame: magnify by ``ZOOM["a near view"]`` (1.6-2x) about a point near the centre.
+
+    Args:
+        img: (3, H, W) float32 frame. rng: the effect's random stream.
+        label: (H, W) or (C, H, W) mask of any dtype, resampled (nearest) exactly like the image, or None.
+        fov: (H, W) field of view; the dark border outside it stays put (None: the frame has no border).
+
+    Returns:
+        ``(img, label, zoom)``: (3, H, W) float32, the label (same shape and dtype) or None, the zoom factor.
+    """
+    h, w = img.shape[-2:]
+    z = float(rng.uniform(*ZOOM["a near view"]))
+    off = rng.uniform(-1, 1, 2) * 0.5 * (1 - 1 / z) / 2  # centre of the magnified window, within the middle half
+    out, lab = _resample(img, label, z, h * (0.5 + off[0]), w * (0.5 + off[1]), fov)
+    return out, lab, z
+
+
+def far_view(img: np.ndarray, rng: np.random.Generator, label: np.ndarray | None = None,
+             fov: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None, float]:
+    """Zoom out of a finished frame: shrink by ``ZOOM["a far view"]`` (0.5-0.62x); the surround is the reflected frame.
+
+    The frame's dark border (outside ``fov``) is first filled with smeared tissue colours, so the shrunk frame does
+    not show a frame inside the frame, and is restored afterwards. A lesion reflected into the surround is labelled
+    too: the label is resampled (nearest) on the same grid as the image.
+
+    Args and returns: as :func:`near_view`.
+    """
+    h, w = img.shape[-2:]
+    z = float(rng.uniform(*ZOOM["a far view"]))
+    off = rng.uniform(-1, 1, 2) * 0.1 * (1 - z)
+    out, lab = _resample(img, label, z, h * (0.5 + off[0]), w * (0.5 + off[1]), fov)
+    return out, lab, z
+
+
 # ----------------------------------------------------------------------------- the dictionary
 #: Pixel effects by confounder name: ``fn(img (3, H, W) float32, rng, layers=None) -> (3, H, W) float32``.
 EFFECTS = {
@@ -343,7 +447,9 @@ EFFECTS = {
     "specular reflection": specular_reflection, "motion blur": motion_blur,
     "imaging artifacts": imaging_artifacts,
 }
-#: The imaging chain: stage -> its confounders, in the order the generator applies them.
+#: Geometric confounders on a finished frame: ``fn(img, rng, label=None, fov=None) -> (img, label, zoom)``.
+GEOMETRY = {"a near view": near_view, "a far view": far_view}
+#: The imaging chain: stage -> its confounders, in the order the generator and :func:`apply_confounders` apply them.
 STAGES: dict[str, tuple[str, ...]] = {
     "geometry": ("a near view", "a far view"),
     "surface": ("mucus", "blood"),
@@ -352,7 +458,66 @@ STAGES: dict[str, tuple[str, ...]] = {
     "optics": ("specular reflection", "motion blur"),
     "sensor": ("imaging artifacts",),
 }
-#: Pairs that cannot co-occur in one frame (render_case raises ValueError if both are requested).
+#: Pairs that cannot co-occur in one frame (render_case and apply_confounders raise ValueError if both are requested).
 EXCLUSIVE = [("narrow-band imaging", "white light imaging"), ("a near view", "a far view"),
              ("bright lighting", "dark lighting")]
 
+
+def check_names(names: Iterable[str]) -> list[str]:
+    """The confounder names, validated, in chain order (:data:`STAGES`).
+
+    Raises:
+        ValueError: a bare string, an unknown name (the message lists the known ones), or an exclusive pair.
+    """
+    if isinstance(names, str):
+        raise ValueError(f"confounders must be a list of names, got the string {names!r}; known: {CONFOUNDERS}")
+    names = list(names)
+    chain = [n for stage in STAGES.values() for n in stage]
+    for c in names:
+        if c not in chain:
+            raise ValueError(f"unknown confounder {c!r}; known: {CONFOUNDERS}")
+    for a, b in EXCLUSIVE:
+        if a in names and b in names:
+            raise ValueError(f"confounders {a!r} and {b!r} cannot both be present in one frame")
+    return [c for c in chain if c in names]
+
+
+def apply_confounders(img: np.ndarray, names: Iterable[str], seed: int, label: np.ndarray | None = None, *,
+                      keep_border: bool = True, max_taps: int | None = 32) -> tuple[np.ndarray, np.ndarray | None]:
+    """Apply confounders to any RGB frame, in imaging-chain order, with its layers estimated from the pixels.
+
+    Each confounder draws from its own stream ``rng_for(seed, name)`` (as in the generator), so adding one leaves
+    the others' draws unchanged. After a near / far view the later effects see the new zoom (wider / narrower
+    mucus streaks, as in the generator). Every effect but ``imaging artifacts`` (the sensor's, on the whole frame) is
+    kept inside the frame's field of view, as the generator's border is applied after them.
+
+    Args:
+        img: (3, H, W) float32 in [0, 1], any H, W > 16.
+        names: confounder prompts (:data:`mcdrl.networks.prompts.CONFOUNDERS`), any order, no exclusive pair.
+        seed: the frame's seed.
+        label: (H, W) or (C, H, W) mask (any dtype), moved with the image by near / far views only; or None.
+        keep_border: keep the dark border outside the estimated field of view unchanged.
+        max_taps: see :func:`motion_blur` (32: exact up to ~250 px frames).
+
+    Returns:
+        ``(img, label)``: (3, H, W) float32 clipped to [0, 1], and the label (same shape and dtype) or None.
+
+    Example::
+
+        out, lab = apply_confounders(img, ["mucus", "a near view"], seed=7, label=mask)
+    """
+    names = check_names(names)
+    out = np.ascontiguousarray(img, dtype=np.float32)
+    fov = Layers(source=out).get("fov", out) if keep_border else None
+    border = fov is not None and float(fov.min()) < 1.0
+    zoom = 1.0
+    for name in STAGES["geometry"]:
+        if name in names:
+            out, label, zoom = GEOMETRY[name](out, rng_for(seed, name), label, fov if border else None)
+    layers = Layers(source=out, fov=fov, zoom=zoom)
+    for name in names:
+        if name in EFFECTS:
+            kwargs = {"max_taps": max_taps} if name == "motion blur" else {}
+            res = EFFECTS[name](out, rng_for(seed, name), layers, **kwargs)
+            out = res if not border or name == "imaging artifacts" else res * fov + out * (1 - fov)
+    return np.clip(out, 0, 1).astype(np.float32, copy=False), label

@@ -5,7 +5,7 @@ colour mode (NBI / explicit WLI) -> lighting -> device colour cast + sharpness -
 reflection -> motion blur -> sensor noise -> FOV border -> display gamma -> uint8 -> overlay
 text -> imaging artifacts. Every stage draws from its own seeded random stream, so adding one
 confounder leaves the rest of the frame (and the mask) unchanged. The confounder effects are looked up in
-:data:`.confounders.EFFECTS` at call time.
+:data:`.confounders.EFFECTS` at call time, the functions :class:`mcdrl.transforms.RandConfounder` applies to any frame.
 """
 
 from __future__ import annotations
@@ -111,7 +111,7 @@ def render_case(seed: int, lesion_class: str, confounders: Iterable[str], device
         centre = place_lesion(rng_for(seed, "place"), fov_points(dev.fov_shape, dev.fov_radius, size))
         render_lesion(scene, rng_for(seed, "lesion", lesion_class), lesion_class, centre)
     layers = scene.layers()
-    effects = _confounders.EFFECTS  # looked up at call time: the one implementation
+    effects = _confounders.EFFECTS  # looked up at call time: the one implementation, shared with RandConfounder
     for name in STAGES["surface"]:
         if name in confs:
             scene.rgb = effects[name](scene.rgb, rng_for(seed, name), layers)

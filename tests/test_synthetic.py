@@ -323,7 +323,10 @@ def write_pins() -> None:
 
 
 def test_generator_bytes_are_pinned() -> None:
-    """The generator renders the pinned bytes for every pinned case (the demo CLIP and model were trained on them)."""
+    """The generator renders the pinned bytes for every pinned case (the demo CLIP and model were trained on them).
+
+    The bytes also depend on numpy and Pillow (Pillow's JPEG codec for imaging artifacts, its drawing and resizing):
+    a failure after upgrading them, with the generator untouched, means the library changed the pixels."""
     from mcdrl.synthetic import GENERATOR_VERSION
 
     pins = json.loads(PINS.read_text())

@@ -264,3 +264,78 @@ def test_centre_prior_does_not_localise() -> None:
     ratios = localisation_ratios(torch.rand(len(fracs), 100), torch.cat(fracs), 0.25, 10)
     assert ratios["centre_prior"] <= 1.5, ratios
     assert 0.8 <= ratios["random"] <= 1.2, ratios
+
+
+# ----------------------------------------------------------------------------- byte-identity pins
+#: sha256 of the image and mask bytes of a spread of cases, recorded with GENERATOR_VERSION 3 before the confounder
+#: effects became functions of any image (mcdrl.synthetic.confounders). Re-record only with a GENERATOR_VERSION bump:
+#: ``PYTHONPATH=custom python tests/test_synthetic.py --write-pins``.
+PINS = Path(__file__).with_name("data") / "synthetic_pins.json"
+
+
+def pin_cases() -> dict[str, object]:
+    """Case id -> a zero-argument function rendering it: every site A-F and the generic mixture (3 seeds at 224, one
+    at 96; two more of the mixture at 160), every confounder alone at 224 and 96, each lesion class clean, and mixes
+    on the sites' devices."""
+    cases: dict[str, object] = {}
+    for spec in list(SITES.values()) + [GENERIC_MIXTURE]:
+        for seed, size in ((0, 224), (1, 224), (2, 224), (0, 96)):
+            cases[f"site-{spec.name}-s{seed}-{size}"] = lambda spec=spec, seed=seed, size=size: sample_case(
+                spec, seed, size)
+    for seed in (3, 4):  # the CLIP input size
+        cases[f"site-generic-s{seed}-160"] = lambda seed=seed: sample_case(GENERIC_MIXTURE, seed, 160)
+    for size in (224, 96):
+        for conf in CONFOUNDERS:
+            cases[f"alone-{conf}-{size}"] = lambda conf=conf, size=size: render_case(3, "polyp", [conf], size=size)
+    for cls in LESION_CLASSES + [NO_LESION]:
+        cases[f"clean-{cls}-224"] = lambda cls=cls: render_case(21, cls, [])
+    mixes = [
+        (11, "tumor", ["motion blur", "imaging artifacts", "uneven lighting", "mucus", "specular reflection"], "C"),
+        (12, "inflammation", ["dark lighting", "narrow-band imaging", "a far view", "blood"], "D"),
+        (13, "nodule", ["bright lighting", "white light imaging", "a near view", "specular reflection", "mucus"], "E"),
+        (14, "cyst", ["blood", "mucus", "narrow-band imaging", "uneven lighting", "motion blur"], "F"),
+        (15, NO_LESION, ["motion blur", "imaging artifacts", "dark lighting", "uneven lighting", "white light imaging",
+                         "a near view", "mucus", "blood", "specular reflection"], "B"),
+        (16, "polyp", ["bright lighting", "narrow-band imaging", "a far view", "mucus", "blood", "specular reflection",
+                       "imaging artifacts", "motion blur", "uneven lighting"], "A"),
+    ]
+    for seed, cls, confs, site in mixes:
+        for size in (224, 96):
+            cases[f"mix-{seed}-{site}-{size}"] = lambda seed=seed, cls=cls, confs=confs, site=site, size=size: (
+                render_case(seed, cls, confs, SITES[site].device, size))
+    return cases
+
+
+def _digest(case: Case) -> dict[str, str]:
+    import hashlib
+
+    sha = lambda a: hashlib.sha256(a.tobytes()).hexdigest()  # noqa: E731
+    return {"image": sha(case.image), "mask": sha(case.mask),
+            "shape": "x".join(map(str, case.image.shape))}
+
+
+def write_pins() -> None:
+    from mcdrl.synthetic import GENERATOR_VERSION
+
+    pins = {"generator_version": GENERATOR_VERSION, "cases": {k: _digest(f()) for k, f in pin_cases().items()}}
+    PINS.parent.mkdir(exist_ok=True)
+    PINS.write_text(json.dumps(pins, indent=1, sort_keys=True) + "\n")
+
+
+def test_generator_bytes_are_pinned() -> None:
+    """The generator renders the pinned bytes for every pinned case (the demo CLIP and model were trained on them).
+
+    The bytes also depend on numpy and Pillow (Pillow's JPEG codec for imaging artifacts, its drawing and resizing):
+    a failure after upgrading them, with the generator untouched, means the library changed the pixels."""
+    from mcdrl.synthetic import GENERATOR_VERSION
+
+    pins = json.loads(PINS.read_text())
+    assert pins["generator_version"] == GENERATOR_VERSION == 3
+    cases = pin_cases()
+    assert set(pins["cases"]) == set(cases) and len(cases) >= 72
+    changed = [k for k, f in cases.items() if _digest(f()) != pins["cases"][k]]
+    assert not changed, f"{len(changed)} of {len(cases)} cases render different bytes: {changed[:8]}"
+
+
+if __name__ == "__main__" and sys.argv[1:] == ["--write-pins"]:
+    write_pins()

@@ -18,9 +18,17 @@ Public API::
     make_site_figure(path, ...) -> Path
     CLI: python -m mcdrl.synthetic --out DIR --sites A B C --n 20 --seed 0 [--formats png dicom nifti] [--figure PATH]
 
+The confounder effects (:mod:`.confounders`) are functions of any (3, H, W) frame: the generator passes its scene's
+exact layers (:meth:`.frames.Scene.layers`), and :class:`mcdrl.transforms.RandConfounder` applies the same functions
+to real frames with the layers estimated from the pixels (:mod:`.layers`)::
+
+    confounders.EFFECTS[name](img, rng, layers=None) -> img      confounders.GEOMETRY[name](img, rng, label, fov)
+    confounders.apply_confounders(img, names, seed, label=None) -> (img, label)
+
 Determinism: same arguments -> identical bytes (every stage has its own seeded random stream).
 Speed: ~11 ms per clean 224 px frame, ~15 ms with a typical confounder mix, on one CPU core
-(numpy + PIL only; measured by ``tests/test_synthetic.py::test_speed_report``).
+(numpy + PIL only; measured by ``tests/test_synthetic.py::test_speed_report``). Identity of the bytes is pinned by
+``tests/test_synthetic.py::test_generator_bytes_are_pinned``.
 """
 
 from .device import DeviceTraits

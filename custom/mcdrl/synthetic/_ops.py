@@ -25,11 +25,14 @@ def rng_for(seed: int, *keys: int | str) -> np.random.Generator:
     return np.random.default_rng(np.random.SeedSequence(ints))
 
 
+def grid(size: int, width: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Pixel-centre coordinates ``(yy, xx)``, each (size, width) float32 (width defaults to size), read-only."""
+    return _grid(size, size if width is None else width)
+
+
 @lru_cache(maxsize=8)
-def grid(size: int) -> tuple[np.ndarray, np.ndarray]:
-    """Pixel-centre coordinates ``(yy, xx)``, each (size, size) float32, read-only."""
-    ax = np.arange(size, dtype=np.float32) + 0.5
-    yy, xx = np.meshgrid(ax, ax, indexing="ij")
+def _grid(h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
+    yy, xx = np.meshgrid(np.arange(h, dtype=np.float32) + 0.5, np.arange(w, dtype=np.float32) + 0.5, indexing="ij")
     yy.setflags(write=False)
     xx.setflags(write=False)
     return yy, xx
@@ -166,10 +169,11 @@ def random_walk(rng: np.random.Generator, start: tuple[float, float], n: int, st
     return random_walks(rng, np.array([start], float), n, step, turn, a)[0].ravel().tolist()
 
 
-def window(cy: float, cx: float, half: float, size: int) -> tuple[slice, slice]:
-    """Square window (clipped to the image) of half-width ``half`` around ``(cy, cx)``."""
+def window(cy: float, cx: float, half: float, size: int, width: int | None = None) -> tuple[slice, slice]:
+    """Square window of half-width ``half`` around ``(cy, cx)``, clipped to a (size, width) image (width = size)."""
+    width = size if width is None else width
     y0, y1 = max(0, int(cy - half)), min(size, int(np.ceil(cy + half)) + 1)
-    x0, x1 = max(0, int(cx - half)), min(size, int(np.ceil(cx + half)) + 1)
+    x0, x1 = max(0, int(cx - half)), min(width, int(np.ceil(cx + half)) + 1)
     return slice(y0, max(y0, y1)), slice(x0, max(x0, x1))
 
 

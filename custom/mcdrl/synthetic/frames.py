@@ -14,6 +14,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from ._ops import blur_l, grid, random_walks, resize_f, rgb, smooth_noise, smoothstep
+from .layers import Layers
 
 #: WLI mucosa reflectance (pink-red) before per-case jitter.
 MUCOSA_RGB = rgb(0.90, 0.48, 0.38)
@@ -51,6 +52,14 @@ class Scene:
     lesion_alpha: np.ndarray
     lesion_box: tuple[float, float, float] | None = None
     extras: dict = field(default_factory=dict)
+
+    def layers(self) -> Layers:
+        """The scene's exact layers for the confounder effects (shared arrays: ``blood`` adds to :attr:`heme`).
+
+        Pixel sizes are those of the 224 px reference at every size (``px=1``), the generator's look since v1.
+        """
+        return Layers(shade=self.shade, lumen=self.lumen, v_sup=self.v_sup, v_deep=self.v_deep, heme=self.heme,
+                      zoom=self.zoom, px=1.0, lesion_box=self.lesion_box, estimate=False)
 
 
 def _draw_vessels(rng: np.random.Generator, size: int, zoom: float, n: int, steps: tuple[int, int],

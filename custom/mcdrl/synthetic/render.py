@@ -4,7 +4,8 @@ Imaging chain (in order): zoom (near/far view) -> mucosa background -> lesion ->
 colour mode (NBI / explicit WLI) -> lighting -> device colour cast + sharpness -> specular
 reflection -> motion blur -> sensor noise -> FOV border -> display gamma -> uint8 -> overlay
 text -> imaging artifacts. Every stage draws from its own seeded random stream, so adding one
-confounder leaves the rest of the frame (and the mask) unchanged.
+confounder leaves the rest of the frame (and the mask) unchanged. The confounder effects are looked up in
+:data:`.confounders.EFFECTS` at call time, the functions :class:`mcdrl.transforms.RandConfounder` applies to any frame.
 """
 
 from __future__ import annotations
@@ -16,8 +17,9 @@ import numpy as np
 
 from mcdrl.networks.prompts import CONFOUNDERS, LESION_CLASSES, NO_LESION
 
+from . import confounders as _confounders
 from ._ops import blur_rgb, gauss_noise, rng_for, to_u8
-from .confounders import COLOUR, EXCLUSIVE, LIGHTING, OPTICS, SURFACE, ZOOM, imaging_artifacts
+from .confounders import EXCLUSIVE, STAGES, ZOOM
 from .device import DeviceTraits, apply_border, fov_mask, fov_points, overlay_text
 from .frames import render_background
 from .lesions import place_lesion, render_lesion
@@ -108,20 +110,22 @@ def render_case(seed: int, lesion_class: str, confounders: Iterable[str], device
     if lesion_class != NO_LESION:
         centre = place_lesion(rng_for(seed, "place"), fov_points(dev.fov_shape, dev.fov_radius, size))
         render_lesion(scene, rng_for(seed, "lesion", lesion_class), lesion_class, centre)
-    for name, fn in SURFACE.items():
+    layers = scene.layers()
+    effects = _confounders.EFFECTS  # looked up at call time: the one implementation, shared with RandConfounder
+    for name in STAGES["surface"]:
         if name in confs:
-            fn(scene, rng_for(seed, name))
+            scene.rgb = effects[name](scene.rgb, rng_for(seed, name), layers)
     img = scene.rgb
-    for stage in (COLOUR, LIGHTING):
-        for name, fn in stage.items():
+    for stage in ("colour", "lighting"):
+        for name in STAGES[stage]:
             if name in confs:
-                img = fn(img, scene, rng_for(seed, name))
+                img = effects[name](img, rng_for(seed, name), layers)
     img = img * np.asarray(dev.colour_cast, np.float32).reshape(3, 1, 1)
     if dev.sharpness:
         img = img + np.float32(dev.sharpness) * (img - blur_rgb(img, 1.2))
-    for name, fn in OPTICS.items():
+    for name in STAGES["optics"]:
         if name in confs:
-            img = fn(img, scene, rng_for(seed, name))
+            img = effects[name](img, rng_for(seed, name), layers)
     rs = rng_for(seed, "sensor")
     img = img + gauss_noise(rs, img.shape, dev.noise_sigma)
     img = apply_border(img, dev, rs)
@@ -130,8 +134,10 @@ def render_case(seed: int, lesion_class: str, confounders: Iterable[str], device
     out = np.ascontiguousarray(to_u8(img).transpose(1, 2, 0))
     if dev.overlay_text:
         out = overlay_text(out, dev, rng_for(seed, "text"))
-    if "imaging artifacts" in confs:
-        out = imaging_artifacts(out, rng_for(seed, "imaging artifacts"))
+    if "imaging artifacts" in confs:  # on the 8-bit frame; the float round trip is exact
+        frame = out.transpose(2, 0, 1) * np.float32(1 / 255)
+        art = effects["imaging artifacts"](frame, rng_for(seed, "imaging artifacts"), layers)
+        out = np.ascontiguousarray(to_u8(art).transpose(1, 2, 0))
     mask = ((scene.lesion_alpha >= 0.5) & (fov >= 0.5)).astype(np.uint8)
     return Case(image=out, mask=mask, lesion_class=lesion_class, confounders=confs,
                 caption=make_caption(lesion_class, confs), site=site, seed=int(seed), device=dev)

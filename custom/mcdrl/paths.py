@@ -6,7 +6,7 @@ import os
 import sys
 from pathlib import Path
 
-__all__ = ["default_bundle_root"]
+__all__ = ["default_bundle_root", "portable_command", "repo_relative"]
 
 
 def default_bundle_root() -> str:
@@ -35,3 +35,27 @@ def default_bundle_root() -> str:
     if (checkout / "configs" / "metadata.json").is_file():
         return str(checkout)
     return str(Path.cwd())
+
+
+def repo_relative(path: str | os.PathLike, root: str | os.PathLike | None = None) -> str:
+    """``path`` relative to the repository (the folder above the bundle, or ``root``), for reports: results never carry
+    a machine's absolute paths. A path outside the repository is reduced to its file name."""
+    root = Path(root) if root is not None else Path(default_bundle_root()).parent
+    p = Path(path).resolve()
+    try:
+        return p.relative_to(root.resolve()).as_posix()
+    except ValueError:
+        return p.name
+
+
+def portable_command(prog: str, args: list[str], root: str | os.PathLike | None = None) -> str:
+    """A command line for a report, with every absolute path in ``args`` (also ``--key=/path``) made repository-relative."""
+    import shlex
+
+    def one(a: str) -> str:
+        if a.startswith("--") and "=" in a:
+            k, v = a.split("=", 1)
+            return f"{k}={one(v)}"
+        return repo_relative(a, root) if os.path.isabs(a) else a
+
+    return " ".join([prog] + [shlex.quote(one(a)) for a in args])

@@ -212,13 +212,7 @@ class LesionPostprocess(Transform):
             fg = _plain(KeepLargestConnectedComponent(applied_labels=[1])(fg)).to(torch.uint8)
         out = x * fg.to(x.dtype) if x.dtype != torch.bool else x & fg.bool()
         out = out[0] if squeeze else out
-        if is_np:
-            return out.numpy()
-        if hasattr(label, "meta"):
-            from monai.data import MetaTensor
-
-            return MetaTensor(out, meta=label.meta)
-        return out
+        return out.numpy() if is_np else convert_to_dst_type(out, label, dtype=out.dtype)[0]  # keeps a MetaTensor's meta
 
 
 class LesionPostprocessd(MapTransform):

@@ -36,7 +36,8 @@ logger = logging.getLogger("mcdrl.train")
 def scored_iteration(engine, batchdata: dict) -> dict:
     """``SupervisedEvaluator`` iteration that also records the lesion score (B,) as ``output["lesion_score"]``.
 
-    Networks without ``forward_with_score`` (a plain UNet) run through the evaluator's inferer as usual, with no score.
+    Networks without ``forward_with_score`` (a plain UNet) run through the evaluator's inferer as usual; their score is
+    NaN, which :class:`PresenceThresholdDice` reads as "no presence decision".
     """
     if batchdata is None:
         raise ValueError("Must provide batch data for current iteration.")
@@ -51,6 +52,7 @@ def scored_iteration(engine, batchdata: dict) -> dict:
             engine.state.output["lesion_score"] = score
         else:
             engine.state.output[Keys.PRED] = engine.inferer(inputs, engine.network)
+            engine.state.output["lesion_score"] = torch.full((inputs.shape[0],), float("nan"), device=inputs.device)
     engine.fire_event(IterationEvents.FORWARD_COMPLETED)
     engine.fire_event(IterationEvents.MODEL_COMPLETED)
     return engine.state.output

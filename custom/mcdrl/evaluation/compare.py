@@ -27,19 +27,10 @@ import time
 from pathlib import Path
 
 from mcdrl.evaluation.scoring import build_bundle_network, load_labelled_images, score_images, summarise, write_json
-from mcdrl.paths import default_bundle_root
+from mcdrl.paths import default_bundle_root, portable_command, repo_relative
 from mcdrl.utils import atomic_path
 
-__all__ = ["main", "relative"]
-
-
-def relative(path: str | os.PathLike, root: Path) -> str:
-    """``path`` relative to the repository ``root`` when it lies inside it (reports never carry machine paths)."""
-    p = Path(path).resolve()
-    try:
-        return p.relative_to(root.resolve()).as_posix()
-    except ValueError:
-        return p.name
+__all__ = ["main"]
 
 
 def _train_unet(bundle: Path, work: Path, budget_s: float, extra: list[str]) -> dict:
@@ -93,9 +84,9 @@ def main(argv: list[str] | None = None) -> int:
         results[name] = {s: summarise(score_images(net, imgs, post)) for s, imgs in sets.items()}
         print(name, {s: (r["dice"], r["false_alarm_rate"], r["sensitivity"]) for s, r in results[name].items()}, flush=True)
     doc = {
-        "command": "python -m mcdrl.evaluation.compare " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "command": portable_command("python -m mcdrl.evaluation.compare", list(argv if argv is not None else sys.argv[1:]), repo),
         "date": datetime.datetime.now().isoformat(timespec="seconds"),
-        "datalist": relative(a.datalist, repo), "heldout": relative(a.heldout, repo),
+        "datalist": repo_relative(a.datalist, repo), "heldout": repo_relative(a.heldout, repo),
         "budget_s": float(budget), "shipped_training": shipped_record.get("training"), "unet_training": unet_record,
         "detection_rule": "a lesion is detected when the mask covers >= 10% of its pixels; a false alarm is any lesion pixel on a lesion-free frame",
         "results": results,

@@ -28,7 +28,7 @@ import numpy as np
 from PIL import Image, ImageFilter
 
 from mcdrl.evaluation.scoring import build_bundle_network, load_labelled_images, score_images, summarise, write_json
-from mcdrl.paths import default_bundle_root
+from mcdrl.paths import default_bundle_root, portable_command
 from mcdrl.utils import atomic_path
 
 __all__ = ["NEW_SITE", "SHIFTS", "main", "new_site_images"]
@@ -146,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
     site_doc = {"name": NEW_SITE.name, "title": NEW_SITE.title, "signature": NEW_SITE.signature, **site,
                 "ratio_to_in_domain": round(site["dice"] / clean["dice"], 4)}
     print(f"new site G: Dice {site['dice']:.3f} ({site_doc['ratio_to_in_domain']:.2f} of in-domain)", flush=True)
-    doc = {"command": "python -m mcdrl.evaluation.robustness " + " ".join(argv if argv is not None else sys.argv[1:]),
+    doc = {"command": portable_command("python -m mcdrl.evaluation.robustness", list(argv if argv is not None else sys.argv[1:]), repo),
            "date": datetime.datetime.now().isoformat(timespec="seconds"), "clean_in_domain": clean, "shifts": shifts, "new_site": site_doc,
            "targets": {"shift_ratio_min": 0.85, "new_site_ratio_min": 0.90}}
     out = Path(a.out)

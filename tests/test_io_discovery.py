@@ -194,3 +194,18 @@ def test_seg_writer_drops_into_compose_after_discovery(tmp_path):
     sops = [h.SOPInstanceUID for h in d["image"].case.headers]
     assert np.array_equal(seg.get_pixels_by_source_instance(sops)[..., 0], d["pred"])
 
+
+def test_monailabel_labels_folder_is_skipped_by_datastore_file_or_by_names(tmp_path):
+    from PIL import Image
+
+    ml, own = tmp_path / "ml", tmp_path / "own"
+    (ml / "labels" / "reviewer_tag").mkdir(parents=True)
+    Image.new("L", (8, 6)).save(ml / "labels" / "reviewer_tag" / "other_name.png")
+    Image.new("RGB", (8, 6)).save(ml / "img.png")
+    (ml / "datastore_v2.json").write_text("{}")  # MONAI Label's LocalDatastore writes it into the studies folder
+    (own / "labels" / "final").mkdir(parents=True)  # a folder of the user's called labels/final, with images of its own
+    Image.new("RGB", (8, 6)).save(own / "labels" / "final" / "frame.png")
+    Image.new("RGB", (8, 6)).save(own / "img.png")
+    cases = {c.input: (c.kind, c.reason) for c in discover(tmp_path)}
+    assert cases["ml/labels/"] == ("skipped", "MONAI Label's label masks (reviewer_tag), not images")
+    assert cases["own/labels/final/frame.png"][0] == "image" and "ml/labels/reviewer_tag/other_name.png" not in cases

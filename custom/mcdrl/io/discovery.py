@@ -22,6 +22,8 @@ from pathlib import Path
 import numpy as np
 from monai.transforms import MapTransform, Transform
 
+from mcdrl.errors import InputFileError
+
 from .cases import DEFAULT_MAX_SIDE, Case, check_side, first_line, quiet_dicom, redact
 from .dicom_series import group_series, read_header
 
@@ -164,11 +166,11 @@ def discover(path: str | os.PathLike, max_side: int = DEFAULT_MAX_SIDE, exclude:
             output folder, when it lies inside the input).
 
     Raises:
-        FileNotFoundError: ``path`` does not exist.
+        InputFileError: ``path`` does not exist (a FileNotFoundError; the bundle CLI prints it as one line).
     """
     root = Path(path).expanduser()
     if not root.exists():
-        raise FileNotFoundError(f"input not found: {root}. Pass --dataset_dir pointing at a folder or a file.")
+        raise InputFileError(f"input not found: {root}. Pass --dataset_dir pointing at a folder or a file.")
     base = root.parent if root.is_file() else root
     excluded = {Path(e).resolve() for e in (exclude or [])}
     files: list[Path] = []

@@ -19,8 +19,12 @@ finds them installed. A disk that cannot hard-link (another filesystem) falls ba
 the exact ``start_server`` command (127.0.0.1, offline switches ``zoo_source ngc`` and ``sam2 false``). Two
 adaptations for MONAI Label, both in the app's copies only: the app class gets
 :class:`mcdrl.deploy.monailabel.ClientFriendlyApp` (failed requests answer an HTTP error with a message; /train
-requests may omit the bundle's options), and the copied train.json starts every /train as a new fine-tuning run
-(see :func:`adapt_train_config`).
+requests may omit the bundle's options, an unknown model is a 404 on every endpoint, a corrupt image a 422 that says
+so), and the copied train.json starts every /train as a new fine-tuning run (see :func:`adapt_train_config`). The
+app then runs every /train with ``configs/monailabel_finetune.json`` merged over train.json: Dice + CE, a fine-tuning
+learning rate, and a guard that replaces ``models/model.pt`` only with an epoch that beats it on the validation
+split, keeping the replaced weights in ``models/previous/``
+(``python -m mcdrl.deploy.monailabel restore <app>/model/<name>`` swaps them back).
 
 Standard library only, so it runs with any Python 3.10+ before any venv exists. Environment variables:
 ``MONAILABEL_VENV`` (default ``<repo>/.venv-monailabel``); ``MONAILABEL_SHARE_TORCH_FROM`` (the venv to take torch
@@ -73,6 +77,9 @@ COPY_IGNORE = ("runs", "eval", "__pycache__", "*.pyc", "monailabel_train.json", 
 
 def venv_python(venv: Path) -> Path:
     return venv / "bin" / "python"
+
+
+ml_python = venv_python
 
 
 def _run(cmd: list, **kw) -> None:
@@ -376,6 +383,8 @@ def main(argv: list[str] | None = None) -> int:
             app, cmd = make_app(args.output, args.bundle, args.name, args.venv, args.studies, args.port)
             print(f"monaibundle app: {app}\nbundle: {app / 'model' / args.name}\nstart the server with:")
             print("  HF_HUB_OFFLINE=1 " + " ".join(shlex.quote(c) for c in cmd))
+            print("weights a /train replaced are kept in models/previous/; put them back with:")
+            print(f"  {shlex.quote(str(ml_python(args.venv)))} -m mcdrl.deploy.monailabel restore {shlex.quote(str(app / 'model' / args.name))}")
     except (ValueError, subprocess.CalledProcessError) as ex:
         print(f"error: {ex}", file=sys.stderr)
         return 1

@@ -141,9 +141,16 @@ def test_bad_or_foreign_dicom_files_get_a_clear_line(name, expect):
     assert case.kind in ("error", "skipped") and expect in case.reason, case.reason
 
 
-def test_undecodable_pixels_fail_at_load_naming_the_file():
-    (case,) = discover(dcm_file("SC_rgb_jpeg_gdcm.dcm"))  # JPEG lossless: no decoder installed
-    with pytest.raises(ValueError, match=r"SC_rgb_jpeg_gdcm\.dcm: .*decompress"):
+def test_jpeg_lossless_decodes_and_a_corrupt_stream_fails_at_load_naming_the_file_and_the_decoder(tmp_path):
+    (case,) = discover(dcm_file("SC_rgb_jpeg_gdcm.dcm"))  # JPEG Lossless process 14 (pylibjpeg-libjpeg)
+    assert LoadCase()(case).frames.shape == (1, 3, 100, 100)
+    ds = pydicom.dcmread(dcm_file("SC_rgb_jpeg_gdcm.dcm"))
+    raw = bytes(ds.PixelData)
+    start = raw.find(b"\xff\xd8")  # the JPEG stream of the one fragment: overwritten, item tags kept
+    ds.PixelData = raw[:start] + b"\x00" * (len(raw) - start)
+    ds.save_as(tmp_path / "corrupt_jpeg.dcm")
+    (case,) = discover(tmp_path / "corrupt_jpeg.dcm")
+    with pytest.raises(ValueError, match=r"^corrupt_jpeg\.dcm: RuntimeError: Unable to decode .* pylibjpeg: .*SOI marker missing"):
         LoadCase()(case)
 
 
@@ -186,3 +193,19 @@ def test_seg_writer_drops_into_compose_after_discovery(tmp_path):
     seg = hd.seg.segread(out["pred_seg_path"])
     sops = [h.SOPInstanceUID for h in d["image"].case.headers]
     assert np.array_equal(seg.get_pixels_by_source_instance(sops)[..., 0], d["pred"])
+
+
+def test_monailabel_labels_folder_is_skipped_by_datastore_file_or_by_names(tmp_path):
+    from PIL import Image
+
+    ml, own = tmp_path / "ml", tmp_path / "own"
+    (ml / "labels" / "reviewer_tag").mkdir(parents=True)
+    Image.new("L", (8, 6)).save(ml / "labels" / "reviewer_tag" / "other_name.png")
+    Image.new("RGB", (8, 6)).save(ml / "img.png")
+    (ml / "datastore_v2.json").write_text("{}")  # MONAI Label's LocalDatastore writes it into the studies folder
+    (own / "labels" / "final").mkdir(parents=True)  # a folder of the user's called labels/final, with images of its own
+    Image.new("RGB", (8, 6)).save(own / "labels" / "final" / "frame.png")
+    Image.new("RGB", (8, 6)).save(own / "img.png")
+    cases = {c.input: (c.kind, c.reason) for c in discover(tmp_path)}
+    assert cases["ml/labels/"] == ("skipped", "MONAI Label's label masks (reviewer_tag), not images")
+    assert cases["own/labels/final/frame.png"][0] == "image" and "ml/labels/reviewer_tag/other_name.png" not in cases

@@ -30,6 +30,8 @@ EXPECTED = {
     "ct5n/ (5 files)": "ok", "emri_small.dcm": "ok", "anatomical.nii": "ok", "nan.nii.gz": "ok",
     "bad/truncated.dcm": "error", "bad/zero.dcm": "error", "bad/notes.dcm": "error", "bad/report_sr.dcm": "error",
     "bad/example4d.nii.gz": "error", "bad/huge.png": "error", "README.txt": "skipped",
+    "anon/ExplVR_BigEnd.dcm": "ok",  # big endian US without PatientID (and with ACR-NEMA style dates)
+    "studies/case0.png": "ok", "studies/labels/": "skipped",  # a MONAI Label studies folder: its masks are no images
 }
 
 
@@ -122,4 +124,11 @@ def make_mixed_folder(root: Path) -> Path:
     shutil.copy(nibabel_data("example4d.nii.gz"), bad / "example4d.nii.gz")
     Image.new("L", (8193, 2)).save(bad / "huge.png")
     (root / "README.txt").write_text("export notes\n")
+    (root / "anon").mkdir()
+    shutil.copy(dcm_file("ExplVR_BigEnd.dcm"), root / "anon" / "ExplVR_BigEnd.dcm")
+    studies = root / "studies"  # MONAI Label's datastore layout, as a server leaves it (no datastore_v2.json yet)
+    for tag in ("final", "original"):
+        (studies / "labels" / tag).mkdir(parents=True)
+        Image.fromarray((rgb_frames(1, 32, 40, seed=40)[0, ..., 0] > 200).astype(np.uint8)).save(studies / "labels" / tag / "case0.png")
+    Image.fromarray(rgb_frames(1, 32, 40, seed=40)[0]).save(studies / "case0.png")
     return root

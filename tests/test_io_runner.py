@@ -50,9 +50,9 @@ def mixed(net, tmp_path_factory):
     calls: list[int] = []
     real = type(net).predict_with_confounders
 
-    def spy(x):
+    def spy(x, **kwargs):
         calls.append(x.shape[0])
-        return real(net, x)
+        return real(net, x, **kwargs)
 
     net.predict_with_confounders = spy
     handler, root = _Records(), logging.getLogger()
@@ -110,6 +110,26 @@ def test_outputs_are_exactly_the_listed_files_and_nothing_is_half_written(mixed)
     assert r["anatomical.nii"].outputs == ["anatomical_mask.nii.gz"]
     assert r["endo/video.dcm"].outputs == [f"dicom/{SERIES_VIDEO}_mask.nii.gz", f"dicom/{SERIES_VIDEO}_seg.dcm"]
     assert all(not r[k].outputs for k, v in EXPECTED.items() if v != "ok")
+
+
+def test_monailabel_label_folders_are_skipped_as_one_line(mixed):
+    r = mixed["results"]["studies/labels/"]
+    assert r.status == "skipped" and r.reason == "MONAI Label's label masks (final, original), not images"
+    assert not any(k.startswith("studies/labels/") and k != "studies/labels/" for k in mixed["results"])
+    assert mixed["results"]["studies/case0.png"].outputs == ["studies/case0_mask.png"]
+
+
+def test_dicom_without_patient_id_gets_a_valid_seg_with_empty_type2_attributes(mixed):
+    import highdicom as hd
+
+    r = mixed["results"]["anon/ExplVR_BigEnd.dcm"]
+    assert r.status == "ok" and r.outputs[1].endswith("_seg.dcm"), r.reason
+    src = pydicom.dcmread(mixed["in"] / "anon" / "ExplVR_BigEnd.dcm", stop_before_pixels=True)
+    assert "PatientID" not in src and "AccessionNumber" not in src
+    seg = pydicom.dcmread(_out(mixed, r.outputs[1]))
+    assert seg.PatientID == "" and seg["AccessionNumber"].is_empty and seg.StudyInstanceUID == src.StudyInstanceUID
+    assert seg.StudyDate == "19970424"  # the source's ACR-NEMA "1997.04.24", written as DICOM DA
+    hd.seg.segread(_out(mixed, r.outputs[1]))
 
 
 def test_every_output_loads_with_monai(mixed):
@@ -240,7 +260,7 @@ def test_same_size_inputs_share_batches(net, tmp_path):
     write_dicom_rgb(tmp_path / "v.dcm", rgb_frames(5))  # 5 frames of 48 x 64
     calls = []
     real = type(net).predict_with_confounders
-    net.predict_with_confounders = lambda x: calls.append(x.shape[0]) or real(net, x)
+    net.predict_with_confounders = lambda x, **kw: calls.append(x.shape[0]) or real(net, x, **kw)
     try:
         FolderInferenceRunner(net, "cpu", tmp_path / "out", batch_size=4, progress=False).run(tmp_path)
     finally:
@@ -257,7 +277,8 @@ def test_no_patient_data_in_logs_summary_or_file_names(mixed):
     assert mixed["results"]["endo/still_a.dcm"].case == f"dicom/{SERIES_A}"
     seg = pydicom.dcmread(_out(mixed, mixed["results"]["endo/still_a.dcm"].outputs[1]))
     assert "\\".join(str(v) for v in seg.PatientName) == SECRET_NAME and seg.PatientID == SECRET_ID  # the SEG belongs to its patient
-    assert "[1/20]" in mixed["log"] and "[20/20]" in mixed["log"]  # one progress line per case
+    n = len(EXPECTED)
+    assert "[1/%d]" % n in mixed["log"] and "[%d/%d]" % (n, n) in mixed["log"]  # one progress line per case
 
 
 def test_strict_run_exits_nonzero_after_writing_everything(net, tmp_path):

@@ -191,7 +191,7 @@ def test_inference_json_alone_serves_like_monailabel(tiny_world, tmp_path):
         assert torch.equal(served, fresh(data["image"][None]))
 
 
-def test_runtime_options_and_error_mapping_are_checked():
+def test_runtime_options_and_error_mapping_are_checked(tmp_path):
     from types import SimpleNamespace
 
     from monai.bundle import ConfigParser
@@ -211,6 +211,14 @@ def test_runtime_options_and_error_mapping_are_checked():
     req = {"model": MODEL, "image": "/x/a.png"}
     assert http_error(ValueError("/x/a.png: expected 1, 3 or 4 channels"), req) == (422, f"model {MODEL!r}, image '/x/a.png': ValueError: /x/a.png: expected 1, 3 or 4 channels")
     assert http_error(KeyError("k"), req)[0] == 500
+    broken = tmp_path / "broken.png"  # MONAI's LoadImage says "install the reader libraries" for a corrupt file
+    broken.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 40)
+    monai_text = (f"LoadImage cannot find a suitable reader for file: {broken}.\n    Please install the reader libraries, see also the "
+                  "installation instructions:\n    https://...\n   The current registered: {}.\n")
+    status, msg = http_error(RuntimeError(monai_text), {"model": MODEL, "image": "broken"})
+    assert status == 422 and "broken.png: not an image file" in msg and "or a corrupt one" in msg and "install" not in msg, msg
+    (tmp_path / "empty.png").write_bytes(b"")
+    assert "empty (0 bytes)" in http_error(RuntimeError(monai_text.replace("broken.png", "empty.png")), req)[1]
     assert http_error(KeyError("k"), req, unknown_image="a")[0] == 404
 
     assert [as_bool(v) for v in (True, "true", "On", 1, "0", "no", False)] == [True, True, True, True, False, False, False]
@@ -221,12 +229,12 @@ def test_runtime_options_and_error_mapping_are_checked():
             RuntimeOptionsInferer(alpha=bad)
 
 
-def _monailabel_train_overrides(bundle: Path, data: list[dict], **display) -> dict:
+def _monailabel_train_overrides(bundle: Path, data: list[dict], config_files: list | None = None, **display) -> dict:
     """The overrides BundleTrainTask passes to monai.bundle.run (monailabel 0.8.5, tasks/train/bundle.py)."""
     from monai.bundle import ConfigParser
 
     parser = ConfigParser()
-    parser.read_config(str(bundle / "configs" / "train.json"))
+    parser.read_config([str(f) for f in config_files] if config_files else str(bundle / "configs" / "train.json"))
     handlers = parser.get("train#handlers", [])
     handlers.insert(0, {"_target_": "CheckpointLoader", "load_path": str(bundle / "models" / "model.pt"), "load_dict": {"model": "$@network"}, "strict": False})
     return {
@@ -265,6 +273,35 @@ def test_train_json_takes_monailabel_overrides_without_a_datalist(tiny_world, tm
     assert "causal intervention ON" in log  # causal_start_epoch from displayable_configs reached the schedule
     assert md5(bundle / "models" / "model.pt") != before
     check_model_keys(bundle)
+
+
+def pretrain_tiny(bundle: Path, studies: Path, ids: list[str], steps: int = 30, seed: int = 0) -> None:
+    """Train ``bundle``'s tiny network in process on the labelled ``ids`` (Dice + CE, Adam) and save models/model.pt:
+    a model that segments the studies, so that a harmful fine-tuning has something to destroy."""
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config(str(bundle / "configs" / "train.json"))
+    parser.update({"bundle_root": str(bundle), "dice_weight": 1.0})
+    torch.manual_seed(seed)
+    net = parser.get_parsed_content("network_def")
+    net.load_state_dict(torch.load(bundle / "models" / "model.pt", weights_only=True))
+    pre, loss_fn = parser.get_parsed_content("validate#preprocessing"), parser.get_parsed_content("loss")
+    items = [pre({"image": str(studies / f"{i}.png"), "label": str(studies / "labels" / "final" / f"{i}.png")}) for i in ids]
+    x, y = torch.stack([d["image"] for d in items]).as_tensor(), torch.stack([d["label"] for d in items]).as_tensor()
+    opt = torch.optim.Adam([q for q in net.parameters() if q.requires_grad], lr=0.005)
+    net.train()
+    for _ in range(steps):
+        opt.zero_grad()
+        loss_fn(net(x), {"label": y, "lesion_class": torch.full((len(ids),), -1)}).backward()
+        opt.step()
+    torch.save(net.eval().state_dict(), bundle / "models" / "model.pt")
+
+
+def dice(pred: np.ndarray, label: np.ndarray) -> float:
+    """Dice of the lesion label, 1.0 when both are empty (MONAI's DiceMetric with ignore_empty=False)."""
+    p, g = np.asarray(pred) > 0, np.asarray(label) > 0
+    return 1.0 if not p.any() and not g.any() else float(2 * (p & g).sum() / (p.sum() + g.sum()))
 
 
 def check_model_keys(bundle: Path) -> None:
@@ -470,7 +507,9 @@ def server(tiny_world, tmp_path_factory, ml_venv):
     root = tmp_path_factory.mktemp("monailabel")
     bundle = make_tiny_bundle(tiny_world, root / "src" / MODEL)
     studies = root / "studies"
-    write_studies(studies)
+    ids = write_studies(studies)
+    pretrain_tiny(bundle, studies, ids[:4])  # a model that segments: a harmful /train has something to destroy
+    (studies / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 40)  # a corrupt image in the datastore
     port = _free_port()
     app, cmd = ml_setup.make_app(root / "apps", bundle, MODEL, venv, str(studies), port)
     log = root / "server.log"
@@ -512,6 +551,14 @@ def test_server_lists_our_model(server):
     assert {"alpha": 0.5, "use_intervention": True}.items() <= model["config"].items()
     assert model["config"]["model_filename"] == ["model.pt"]
     assert {"alpha": 0.5, "use_intervention": True, "causal_start_epoch": 0}.items() <= info["trainers"][MODEL]["config"].items()
+    version = json.loads((BUNDLE / "configs" / "metadata.json").read_text())["version"]
+    assert model["version"] == info["trainers"][MODEL]["version"] == version
+    card = (BUNDLE / "docs" / "README.md").read_text()
+    sample = card[card.index("`GET /info/`"):card.index("Measured on 2 CPU cores (tiny test CLIP")]
+    assert f'"version": "{version}"' in sample and '"version": "0.1.0"' not in sample  # the model card's /info sample
+    startup = server.log.read_text(errors="replace")
+    assert "initialized randomly" not in startup and "No pretrained weights" not in startup  # the weights come from model.pt
+    assert f"trainer {MODEL}: train.json with monailabel_finetune.json merged over it" in startup
     print("\n/info/ ->", json.dumps({"models": {MODEL: model}, "trainers": {MODEL: info["trainers"][MODEL]}}, indent=1))
 
 
@@ -567,12 +614,13 @@ def test_bad_input_gets_an_http_error_and_the_server_stays_up(server):
     status, _, body = server.infer("no_such_image")
     assert status == 404 and b"no_such_image" in body and b"not in the datastore" in body, body[:300]
     print(f"\nunknown image -> HTTP {status}: {body.decode()}")
-    status, _, body = server.request("POST", f"/infer/{MODEL}?output=image", files={"file": ("broken.png", b"\x89PNG\r\n\x1a\nnot a png")})
-    assert status == 422 and b"suitable reader" in body, body[:300]
+    status, _, body = server.request("POST", f"/infer/{MODEL}?output=image", files={"file": ("upload.png", b"\x89PNG\r\n\x1a\nnot a png")})
+    assert status == 422 and b"not an image file" in body and b"install" not in body, body[:300]
     print(f"corrupt PNG upload -> HTTP {status}: {body.decode()[:300]}")
-    status, _, body = server.request("POST", "/infer/no_such_model?image=case4")
-    assert status == 404 and b"no_such_model" in body, body[:300]
-    print(f"unknown model -> HTTP {status}: {body.decode()}")
+    status, _, body = server.infer("broken")  # a corrupt image of the studies folder
+    detail = json.loads(body)["detail"]
+    assert status == 422 and "broken.png" in detail and "corrupt" in detail and "install" not in detail, detail
+    print(f"corrupt image in the datastore -> HTTP {status}: {detail}")
     # grey (1 channel) and RGBA (4 channels) are valid inputs (replicated / alpha dropped); a served mask comes back
     import io
 
@@ -588,6 +636,19 @@ def test_bad_input_gets_an_http_error_and_the_server_stays_up(server):
     status, _, body = server.infer("case5")
     assert status == 200  # still serving
     assert server.proc.poll() is None
+
+
+@pytest.mark.slow
+def test_unknown_model_is_a_404_at_once_on_every_endpoint(server):
+    """MONAI Label alone queues /train/<unknown> and answers 200 SUBMITTED (the error shows later in GET /train/)."""
+    for method, path in (("POST", "/infer/no_such_model?image=case4"), ("POST", "/train/no_such_model"), ("POST", "/batch/infer/no_such_model"),
+                         ("POST", "/scoring/no_such_model"), ("POST", "/activelearning/no_such_model"), ("POST", "/infer/wsi/no_such_model?image=case4"),
+                         ("GET", "/model/no_such_model")):
+        status, _, body = server.request(method, path, json_body={} if method == "POST" and not path.startswith("/infer/no") else None)
+        assert status == 404 and b"no_such_model" in body, (path, status, body[:300])
+        print(f"{method} {path} -> HTTP {status}: {body.decode()[:200]}")
+    status, _, body = server.request("GET", "/train/")
+    assert status == 404 or "no_such_model" not in body.decode(), body[:300]  # no failed task was queued
 
 
 def _train(server: Server, timeout: float = 300, **params) -> dict:
@@ -611,21 +672,83 @@ SLICER_TRAIN_PARAMS = {"device": "cpu", "pretrained": True, "max_epochs": 1, "va
 MINIMAL_TRAIN_PARAMS = {"max_epochs": 1, "val_split": 0.25}
 
 
+def _served_dice(server: Server, ids: list[str]) -> dict[str, float]:
+    """Dice of the served mask (POST /infer) against the image's label in labels/final, per image id."""
+    from PIL import Image
+
+    out = {}
+    for i in ids:
+        status, _, body = server.infer(i)
+        assert status == 200, body[:300]
+        out[i] = dice(_read_png(body), np.asarray(Image.open(server.studies / "labels" / "final" / f"{i}.png")))
+    return out
+
+
+def _set_top_level(bundle: Path, name: str, **values) -> None:
+    path = bundle / "configs" / name
+    if path.is_file():
+        config = json.loads(path.read_text())
+        config.update(values)
+        path.write_text(json.dumps(config, indent=1))
+
+
 @pytest.mark.slow
-def test_training_updates_model_pt_and_the_server_serves_it(server):
-    """A 1-epoch /train on the 4 labelled images (3 train, 1 validation) replaces models/model.pt; the running
-    server then serves the new weights; a second /train, with only max_epochs and val_split, fine-tunes again (each
-    request is a new run)."""
+def test_training_never_makes_the_served_model_worse_and_the_previous_weights_restore(server, ml_venv):
+    """Round 1, what destroyed the model in 0.3.0: a /train with a harmful learning rate (50, in every config the app
+    fine-tunes with). The served model is then exactly as good on the labelled images, the validation split
+    included, as before: the guard scored the served weights first and no epoch beat them.
+    Round 2, a /train that does beat the served weights (served: the model with its lesion logit pushed to -100, i.e.
+    all background; start: the good weights, model_filename start.pt, at lr 1e-9): model.pt is replaced, the server
+    serves the new weights, the replaced ones are kept in models/previous/ (one .pt in models/), and the documented
+    restore command, run in the MONAI Label venv, brings them back."""
     weights = server.bundle / "models" / "model.pt"
-    for round_, params in ((1, SLICER_TRAIN_PARAMS), (2, MINIMAL_TRAIN_PARAMS)):
-        before = md5(weights)
+    labelled = [p.stem for p in sorted((server.studies / "labels" / "final").glob("*.png"))]
+    before, good = _served_dice(server, labelled), weights.read_bytes()
+    assert max(before.values()) > 0.3, before  # a model that segments
+
+    for name in ("train.json", "monailabel_finetune.json"):  # harmful, wherever the app reads the learning rate
+        _set_top_level(server.bundle, name, learning_rate=50.0)
+    t0 = time.monotonic()
+    task = _train(server, **{**SLICER_TRAIN_PARAMS, "val_split": 0.5})
+    assert task["status"] == "DONE", "\n".join(task.get("details", [])) + server.log_tail()
+    after = _served_dice(server, labelled)
+    print(f"\n/train round 1 (lr 50): {time.monotonic() - t0:.1f} s; served Dice before {before}, after {after}")
+    assert all(after[i] >= before[i] for i in labelled), (before, after)  # never worse, validation split included
+    assert weights.read_bytes() == good  # byte for byte the served file
+    report = json.loads((server.bundle / "runs" / "train" / "monailabel_finetune.json").read_text())
+    val = [Path(v).stem for v in report["validation_images"]]
+    assert val and set(val) <= set(labelled) and report["replaced"] is False, report
+    assert report["epochs"][0]["score"] < report["baseline"], report  # the harmful epoch was worse, and was not kept
+    assert not list((server.bundle / "models").rglob("*.pt"))[1:]  # no kept copy: nothing was replaced
+
+    for name in ("train.json", "monailabel_finetune.json"):
+        _set_top_level(server.bundle, name, learning_rate=1e-9)
+    (server.bundle / "models" / "start.pt").write_bytes(good)
+    state = torch.load(weights, weights_only=True)
+    state[[k for k in state if k.startswith("head.") and k.endswith("bias")][-1]][1] -= 100.0
+    torch.save(state, weights)
+    bad = weights.read_bytes()
+    assert max(_served_dice(server, labelled).values()) < max(before.values())
+    try:
         t0 = time.monotonic()
-        task = _train(server, **params)
-        assert task["status"] == "DONE", "\n".join(task.get("details", [])) + server.log_tail()
-        print(f"\n/train round {round_}: 1 epoch in {time.monotonic() - t0:.1f} s")
-        assert md5(weights) != before, f"round {round_}: models/model.pt unchanged\n" + server.log_tail(6000)
-        check_model_keys(server.bundle)
-        status, _, body = server.infer("case5")
-        assert status == 200
-        assert np.array_equal(_read_png(body), expected_mask(server.bundle, server.studies / "case5.png"))  # the new weights
+        task = _train(server, **{**MINIMAL_TRAIN_PARAMS, "val_split": 0.5, "model_filename": "start.pt"})
+    finally:
+        (server.bundle / "models" / "start.pt").unlink()
+    assert task["status"] == "DONE", "\n".join(task.get("details", [])) + server.log_tail()
+    print(f"/train round 2: {time.monotonic() - t0:.1f} s")
+    report = json.loads((server.bundle / "runs" / "train" / "monailabel_finetune.json").read_text())
+    assert report["replaced"] is True and report["best"] > report["baseline"], report
+    assert weights.read_bytes() != bad and sorted(p.name for p in (server.bundle / "models").glob("*.pt")) == ["model.pt"]
+    check_model_keys(server.bundle)
+    status, _, body = server.infer("case5")
+    assert status == 200 and np.array_equal(_read_png(body), expected_mask(server.bundle, server.studies / "case5.png"))  # the new weights
+    (kept,) = (server.bundle / "models" / "previous").glob("*.pt")
+    assert kept.read_bytes() == bad and report["previous"] == str(kept)
+
+    proc = subprocess.run([str(ml_setup.venv_python(ml_venv)), "-m", "mcdrl.deploy.monailabel", "restore", str(server.bundle)],
+                          capture_output=True, text=True, timeout=300, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert proc.returncode == 0 and "(restored)" in proc.stdout, proc.stdout + proc.stderr[-2000:]
+    assert weights.read_bytes() == bad
+    status, _, body = server.infer("case5")
+    assert status == 200 and np.array_equal(_read_png(body), expected_mask(server.bundle, server.studies / "case5.png"))  # served again
     assert sorted(p.name for p in (server.bundle / "models").glob("*.pt")) == ["model.pt"]

@@ -15,13 +15,35 @@ from mcdrl.errors import ConfigError, InputFileError
 
 from .handlers import unwrap
 
-__all__ = ["PrepareBatchWithClass", "list_images", "load_datalist", "param_groups"]
+__all__ = ["MissingData", "PrepareBatchWithClass", "list_images", "load_datalist", "param_groups", "require_data"]
 
 logger = logging.getLogger(__name__)
 
 
+class MissingData(list):
+    """An empty datalist standing for input that is not on disk: a workflow builds without its data (MONAI's
+    ``check_properties`` and the model zoo instantiate the datasets, the trainer and the evaluator), and
+    :func:`require_data` raises ``error``, one clear line, when a run starts.
+
+    Attributes:
+        error: the :class:`~mcdrl.errors.InputFileError` naming the missing file or folder and the fix.
+    """
+
+    def __init__(self, error: InputFileError):
+        super().__init__()
+        self.error = error
+
+
+def require_data(*datasets) -> None:
+    """Raise the :class:`MissingData` error of the first dataset (or datalist) whose input is missing (run time)."""
+    for d in datasets:
+        data = getattr(d, "data", d)
+        if isinstance(data, MissingData):
+            raise data.error
+
+
 def load_datalist(path: str | os.PathLike | list, key: str = "training", base_dir: str | os.PathLike | None = None, sites: list[str] | None = None, check_files: bool = True,
-                  allow_missing_split: bool = False) -> list[dict]:
+                  missing_ok: bool = False, allow_missing_split: bool = False) -> list[dict]:
     """Read one split of a JSON datalist (or the concatenation over several) and check that every file exists.
 
     Entries are ``{"image", "label", "site", "lesion_class", ...}``; relative paths are resolved against
@@ -35,6 +57,8 @@ def load_datalist(path: str | os.PathLike | list, key: str = "training", base_di
         check_files: raise if an image or label file is missing.
         allow_missing_split: a datalist without split ``key`` contributes nothing instead of being an error (set for
             each file of a list).
+        missing_ok: a missing datalist file gives an empty :class:`MissingData` (the configs: the error then comes
+            from :func:`require_data` when the run starts) instead of raising.
 
     Raises:
         FileNotFoundError: naming the datalist, the entry and the missing file.
@@ -42,10 +66,15 @@ def load_datalist(path: str | os.PathLike | list, key: str = "training", base_di
     if isinstance(path, (list, tuple)):
         if not path:
             raise ConfigError("datalist is an empty list; name at least one datalist JSON file")
-        return [item for p in path for item in load_datalist(p, key, base_dir, sites, check_files, allow_missing_split=len(path) > 1)]
+        parts = [load_datalist(p, key, base_dir, sites, check_files, missing_ok, allow_missing_split=len(path) > 1) for p in path]
+        missing = [part for part in parts if isinstance(part, MissingData)]
+        return missing[0] if missing else [item for part in parts for item in part]
     path = Path(path)
     if not path.is_file():
-        raise InputFileError(f"datalist not found: {path}. Point 'datalist' at a JSON file (python -m mcdrl.synthetic writes one).")
+        error = InputFileError(f"datalist not found: {path}. Point 'datalist' at a JSON file (python -m mcdrl.synthetic writes one), or pass --dataset_dir.")
+        if missing_ok:
+            return MissingData(error)
+        raise error
     base = Path(base_dir) if base_dir else path.parent
     if allow_missing_split:
         try:
@@ -142,8 +171,11 @@ class PrepareBatchWithClass(PrepareBatch):
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 
 
-def list_images(folder: str | os.PathLike, suffixes: tuple[str, ...] = IMAGE_SUFFIXES) -> list[dict]:
+def list_images(folder: str | os.PathLike, suffixes: tuple[str, ...] = IMAGE_SUFFIXES, missing_ok: bool = False) -> list[dict]:
     """``[{"image": path}, ...]`` for every 2-D image file under ``folder`` (recursive, sorted); a single file works too.
+
+    Args:
+        missing_ok: a folder that does not exist gives an empty :class:`MissingData` instead of raising.
 
     Raises:
         FileNotFoundError: the folder does not exist or holds no image with one of ``suffixes``.
@@ -152,7 +184,10 @@ def list_images(folder: str | os.PathLike, suffixes: tuple[str, ...] = IMAGE_SUF
     if root.is_file():
         return [{"image": str(root)}]
     if not root.is_dir():
-        raise InputFileError(f"input folder not found: {root}. Pass --dataset_dir pointing at a folder of images.")
+        error = InputFileError(f"input folder not found: {root}. Pass --dataset_dir pointing at a folder of images.")
+        if missing_ok:
+            return MissingData(error)
+        raise error
     files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in suffixes)
     if not files:
         raise InputFileError(f"no {'/'.join(suffixes)} images under {root}")

@@ -14,12 +14,26 @@ video, ultrasound cine, multi-frame images stripped of their functional groups; 
 highdicom builds the SEG of the first frame, which is then extended to all frames: frame k references source frame
 k (DerivationImageSequence, the only frame-to-frame link DICOM defines without a frame of reference), and a second
 dimension, TemporalPositionIndex (colour video) or InStackPositionNumber (grey), indexes the frames.
+
+Every SEG carries what its modules require, checked with dciodvfy (dicom3tools) for each kind of source pydicom
+decodes (tests/test_io_dicom_seg.py):
+
+* type-2 patient and study attributes the source lacks (PatientID, PatientName, StudyDate, AccessionNumber, ...,
+  as in many anonymised exports) are written empty, as the standard allows; a source without StudyInstanceUID
+  (type 1) gets a new one;
+* PatientOrientation (General Image, type 2C) is copied from the source, or left empty, whenever the SEG has no
+  plane orientation;
+* the source's FrameOfReferenceUID is kept, also for multi-frame sources without plane positions;
+* a Pixel Measures item is written only when complete: highdicom writes one without SliceThickness for sources
+  that have a pixel spacing but no slice thickness (NM, secondary captures), which its own reader rejects, so it is
+  completed from the source's SliceThickness or removed.
 """
 
 from __future__ import annotations
 
 import copy
 import os
+import re
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -32,6 +46,12 @@ __all__ = ["WriteDicomSeg", "WriteDicomSegd", "build_seg", "write_dicom_seg"]
 
 SECONDARY_CAPTURE = "1.2.840.10008.5.1.4.1.1.7"
 SEG_SERIES_NUMBER = 9901
+#: Type-2 attributes of the Patient and General Study modules that highdicom copies from the source by attribute
+#: access (a source without them fails with AttributeError): written empty when the source lacks them.
+TYPE2_PATIENT_STUDY = (
+    "PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime", "ReferringPhysicianName",
+    "StudyID", "AccessionNumber",
+)
 _GEOMETRY_KEYWORDS = (
     "NumberOfFrames", "FrameIncrementPointer", "FrameTime", "FrameTimeVector", "SharedFunctionalGroupsSequence",
     "PerFrameFunctionalGroupsSequence", "FrameOfReferenceUID", "PositionReferenceIndicator", "ImagePositionPatient",
@@ -86,6 +106,7 @@ def build_seg(mask: np.ndarray, sources: Sequence, series_number: int = SEG_SERI
     from mcdrl import __version__
 
     headers, restore = _single_valued_names(_headers(sources))
+    headers = _with_type2_attributes(headers)
     mask = np.asarray(mask).astype(bool)
     n_src = _frames(headers[0]) if len(headers) == 1 else len(headers)
     rows, cols = int(headers[0].Rows), int(headers[0].Columns)
@@ -106,12 +127,12 @@ def build_seg(mask: np.ndarray, sources: Sequence, series_number: int = SEG_SERI
         seg = _multiframe_without_geometry(hd, src, mask, common)
     else:
         seg = hd.seg.Segmentation(source_images=headers, pixel_array=mask, **common)
-    if "FrameOfReferenceUID" not in seg:
-        # Pixel Measures is only required with a frame of reference; highdicom writes a partial one (no
-        # SliceThickness) for sources like secondary captures, which its own reader then rejects.
-        for fg in [*seg.get("SharedFunctionalGroupsSequence", []), *seg.get("PerFrameFunctionalGroupsSequence", [])]:
-            if "PixelMeasuresSequence" in fg:
-                del fg.PixelMeasuresSequence
+    if "FrameOfReferenceUID" in src and "FrameOfReferenceUID" not in seg:  # multi-frame without plane positions
+        seg.FrameOfReferenceUID = src.FrameOfReferenceUID
+        seg.PositionReferenceIndicator = src.get("PositionReferenceIndicator", "")
+    _complete_pixel_measures(seg, src)
+    if not _has_plane_orientation(seg):  # General Image: PatientOrientation is type 2C without a plane orientation
+        seg.PatientOrientation = src.get("PatientOrientation") or ""
     shared = seg.SharedFunctionalGroupsSequence[0]
     if "SegmentIdentificationSequence" in shared:  # per frame, where MONAI's PydicomReader (and older viewers) look
         for item in seg.PerFrameFunctionalGroupsSequence:
@@ -121,6 +142,84 @@ def build_seg(mask: np.ndarray, sources: Sequence, series_number: int = SEG_SERI
         seg[elem.tag] = elem
     seg.SeriesDescription = description[:64]
     return seg
+
+
+def _with_type2_attributes(headers: list) -> list:
+    """Copies of ``headers`` with every type-2 patient/study attribute present (empty where the source lacks it)
+    and a StudyInstanceUID (a new one, shared by all, where the source lacks it); ``headers`` itself when complete."""
+    missing = [kw for kw in TYPE2_PATIENT_STUDY if any(kw not in h for h in headers)]
+    no_study = any("StudyInstanceUID" not in h for h in headers)
+    odd = [kw for kw in _DATE_TIME_KEYWORDS if any(_conformant(h.get(kw), kw) != h.get(kw) for h in headers)]
+    if not missing and not no_study and not odd:
+        return headers
+    study_uid = None
+    if no_study:
+        from pydicom.uid import generate_uid
+
+        study_uid = next((h.StudyInstanceUID for h in headers if "StudyInstanceUID" in h), None) or generate_uid()
+    fixed = []
+    for h in headers:
+        h = copy.deepcopy(h)
+        for kw in missing:
+            if kw not in h:
+                setattr(h, kw, None)  # present, zero length
+        if "StudyInstanceUID" not in h:
+            h.StudyInstanceUID = study_uid
+        for kw in odd:
+            setattr(h, kw, _conformant(h.get(kw), kw))
+        fixed.append(h)
+    return fixed
+
+
+_DATE_TIME_KEYWORDS = ("StudyDate", "StudyTime", "PatientBirthDate")
+
+
+_DA = re.compile(r"\d{8}")
+_TM = re.compile(r"\d{2}(\d{2}(\d{2}(\.\d{1,6})?)?)?")
+
+
+def _conformant(value, keyword: str):
+    """A DA/TM value as the standard writes it: ACR-NEMA style "14:04:38" / "1997.04.24" without the separators,
+    None (empty) when it still is not one; conformant and empty values unchanged."""
+    if value is None or str(value) == "":
+        return value
+    text = str(value).strip()
+    pattern, seps = (_TM, ":") if keyword.endswith("Time") else (_DA, ".-/")
+    if pattern.fullmatch(text):
+        return value
+    cleaned = text.translate({ord(c): None for c in seps})
+    return cleaned if pattern.fullmatch(cleaned) else None
+
+
+def _functional_groups(seg) -> list:
+    return [*seg.get("SharedFunctionalGroupsSequence", []), *seg.get("PerFrameFunctionalGroupsSequence", [])]
+
+
+def _has_plane_orientation(seg) -> bool:
+    return "ImageOrientationPatient" in seg or any("PlaneOrientationSequence" in fg for fg in _functional_groups(seg))
+
+
+def _complete_pixel_measures(seg, src) -> None:
+    """Give every Pixel Measures item a SliceThickness from the source, or remove the items that cannot have one.
+
+    highdicom copies PixelSpacing into Pixel Measures but not the thickness when the source has none in a place it
+    reads (NM and secondary captures: PixelSpacing without SliceThickness). A partial item fails dciodvfy and
+    ``highdicom.seg.segread``; a made-up thickness would be wrong, so then the item goes (Pixel Measures is optional
+    for these SEGs: there are no plane positions).
+    """
+    thickness = src.get("SliceThickness")
+    if thickness in (None, "") and src.get("SharedFunctionalGroupsSequence"):
+        pm = src.SharedFunctionalGroupsSequence[0].get("PixelMeasuresSequence")
+        thickness = pm[0].get("SliceThickness") if pm else None
+    for fg in _functional_groups(seg):
+        for item in list(fg.get("PixelMeasuresSequence", [])):
+            if item.get("SliceThickness") not in (None, ""):
+                continue
+            if thickness not in (None, "") and "FrameOfReferenceUID" in seg:
+                item.SliceThickness = thickness
+            else:
+                del fg.PixelMeasuresSequence
+                break
 
 
 def _single_valued_names(headers: list) -> tuple[list, list]:

@@ -7,7 +7,8 @@ over folders (see :mod:`.dicom_series` for how a series splits into stacks and i
 Every file that is not part of a case gets a case of its own with ``kind`` "error" (a truncated, empty or unreadable
 file, a DICOM object without pixels, an image over ``max_side`` px, a 4-D NIfTI) or "skipped" (stray non-image files,
 a DICOMDIR, a DICOM SEG), so that nothing in the folder disappears silently. Hidden files (``.DS_Store``, ``._x.dcm``)
-and the output folder are ignored; a folder holding an earlier run's summary gets one "skipped" line.
+and the output folder are ignored; a folder holding an earlier run's summary, and the ``labels/`` folder of a MONAI
+Label studies folder (its masks in ``labels/final``, ``labels/original``), get one "skipped" line each.
 
 Output names derive from the input path (photos, NIfTI) or from UIDs (DICOM), never from patient attributes.
 """
@@ -20,6 +21,8 @@ from pathlib import Path
 
 import numpy as np
 from monai.transforms import MapTransform, Transform
+
+from mcdrl.errors import InputFileError
 
 from .cases import DEFAULT_MAX_SIDE, Case, check_side, first_line, quiet_dicom, redact
 from .dicom_series import group_series, read_header
@@ -120,6 +123,26 @@ def _is_output_folder(folder: Path, filenames: list[str]) -> bool:
     return '"complete":' in head and '"counts":' in head
 
 
+#: MONAI Label's datastore (LocalDatastore): ``<studies>/datastore_v2.json`` and ``<studies>/labels/<tag>/``
+#: (tags ``final`` and ``original``, and any a client saves), one mask per image with the image's name.
+MONAILABEL_DATASTORE_FILE = "datastore_v2.json"
+MONAILABEL_LABEL_TAGS = ("final", "original")
+
+
+def _is_monailabel_labels(folder: Path, dirnames: list[str]) -> bool:
+    """``folder`` is the ``labels`` folder of a MONAI Label studies folder: named ``labels``, next to MONAI Label's
+    datastore file, or holding a ``final``/``original`` folder whose files are named like images beside ``labels``."""
+    if folder.name != "labels":
+        return False
+    if (folder.parent / MONAILABEL_DATASTORE_FILE).is_file():
+        return True
+    tags = [d for d in dirnames if d in MONAILABEL_LABEL_TAGS]
+    if not tags:
+        return False
+    images = {_stem(f.name) for f in folder.parent.iterdir() if f.is_file()}
+    return any(_stem(f.name) in images for tag in tags for f in (folder / tag).iterdir() if f.is_file())
+
+
 def _unique_names(cases: list[Case]) -> None:
     """Make output stems unique: a second "a" (from a.png next to a.jpg) becomes "a_jpg"."""
     used: set[str] = set()
@@ -143,11 +166,11 @@ def discover(path: str | os.PathLike, max_side: int = DEFAULT_MAX_SIDE, exclude:
             output folder, when it lies inside the input).
 
     Raises:
-        FileNotFoundError: ``path`` does not exist.
+        InputFileError: ``path`` does not exist (a FileNotFoundError; the bundle CLI prints it as one line).
     """
     root = Path(path).expanduser()
     if not root.exists():
-        raise FileNotFoundError(f"input not found: {root}. Pass --dataset_dir pointing at a folder or a file.")
+        raise InputFileError(f"input not found: {root}. Pass --dataset_dir pointing at a folder or a file.")
     base = root.parent if root.is_file() else root
     excluded = {Path(e).resolve() for e in (exclude or [])}
     files: list[Path] = []
@@ -160,6 +183,12 @@ def discover(path: str | os.PathLike, max_side: int = DEFAULT_MAX_SIDE, exclude:
             if here != root and _is_output_folder(here, filenames):
                 rel = here.relative_to(base).as_posix()
                 earlier.append(Case(rel + "/", "skipped", rel + "/", reason="the output folder of an earlier run (has our summary.json)"))
+                dirnames[:] = []
+                continue
+            if here != root and _is_monailabel_labels(here, dirnames):
+                rel = here.relative_to(base).as_posix()
+                tags = ", ".join(sorted(d for d in dirnames if not d.startswith("."))) or "no tag folders"
+                earlier.append(Case(rel + "/", "skipped", rel + "/", reason=f"MONAI Label's label masks ({tags}), not images"))
                 dirnames[:] = []
                 continue
             dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and (here / d).resolve() not in excluded)

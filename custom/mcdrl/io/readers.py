@@ -301,7 +301,8 @@ class LoadCase(Transform):
                 with quiet_dicom():
                     loaded = _load_dicom(case)
         except Exception as e:  # noqa: BLE001 - every reader error becomes one clear line
-            msg = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
+            lines = [ln.strip() for ln in str(e).strip().splitlines() if ln.strip()]  # pydicom: one line per decoder plugin
+            msg = " ".join(lines)[:300] if lines else type(e).__name__
             msg = msg if isinstance(e, ValueError) else f"{type(e).__name__}: {msg}"
             raise ValueError(redact(f"{case.input}: {msg}", case.redact)) from None
         loaded.warnings = case.warnings + loaded.warnings

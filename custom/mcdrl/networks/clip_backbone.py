@@ -17,7 +17,9 @@ how to pass a local weights file.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import logging
 import os
 from pathlib import Path
 
@@ -35,6 +37,8 @@ __all__ = ["MODEL_CONFIG_DIR", "CLIPVisualBackbone", "clip_embed_dim", "clip_ima
 #: Our own open_clip configs (the demo CLIP and the tiny test CLIPs). Registered on import.
 MODEL_CONFIG_DIR = Path(__file__).parent / "model_configs"
 open_clip.add_model_config(MODEL_CONFIG_DIR)
+
+logger = logging.getLogger(__name__)
 
 _WEIGHT_FILE_NAMES = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin", "model.safetensors", "pytorch_model.bin")
 _HOW_TO = (
@@ -90,6 +94,30 @@ def weights_sha256(path: str | os.PathLike | None) -> str:
     return digest.hexdigest()
 
 
+class _DropRandomInitWarning(logging.Filter):
+    """Drops open_clip's "No pretrained weights loaded ... Model initialized randomly." (logged on the root logger)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.name == "root" and "No pretrained weights loaded" in str(record.msg))
+
+
+@contextlib.contextmanager
+def _no_random_init_warning(active: bool):
+    """Without a weights file the CLIP is built to receive a state_dict (``models/model.pt``, a checkpoint), which
+    every caller loads right after, or raises without (``mcdrl.io.load_weights``). open_clip's warning that the model
+    is "initialized randomly" would then be false, and alarms users at every inference run and server start."""
+    if not active:
+        yield
+        return
+    root, drop = logging.getLogger(), _DropRandomInitWarning()
+    root.addFilter(drop)
+    try:
+        yield
+    finally:
+        root.removeFilter(drop)
+    logger.debug("CLIP built without a weights file (clip_weights null): its weights come from the network's state_dict")
+
+
 def create_clip(model_name: str, weights_path: str | os.PathLike | None = None) -> nn.Module:
     """Build an open_clip CLIP model by config name, with weights from a local file or folder.
 
@@ -109,7 +137,8 @@ def create_clip(model_name: str, weights_path: str | os.PathLike | None = None) 
     weights = resolve_weights(weights_path)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     try:
-        model = open_clip.create_model(model_name, pretrained=str(weights) if weights is not None else None)
+        with _no_random_init_warning(weights is None):
+            model = open_clip.create_model(model_name, pretrained=str(weights) if weights is not None else None)
     except Exception as e:  # open_clip raises several types for a bad file; name the file in one message
         if weights is None:
             raise

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 
+import numpy as np
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -302,3 +304,118 @@ def test_weights_for_a_different_config_name_the_file(tiny_world):
 
     with pytest.raises(ConfigError, match=rf"{tiny_world['weights'].name}.*wrong model name"):
         create_clip("mcdrl-tiny-rn", tiny_world["weights"])
+
+
+# ---- [ours] presence decision, skips from the image, text-guided de-confounding -------------------------------
+def build_full_net(world, presence=True, deconfounding="none", skips=(4, 8)) -> MCDRLNet:
+    torch.manual_seed(0)
+    backbone = CLIPVisualBackbone(TINY, world["weights"])
+    d = backbone.embed_dim
+    return MCDRLNet(backbone, ConfounderDictionary(world["dictionary"], d), RegionSelector(0.5), randomise(CausalIntervention(d, 2, heads=2)),
+                    SegmentationHead(d, (16, 8), skip_channels=skips), deconfounding=deconfounding, presence_decision=presence)
+
+
+def test_presence_decision_empties_the_mask_below_the_threshold(tiny_world):
+    net = build_full_net(tiny_world).eval()
+    x = torch.rand(3, 3, 64, 64)
+    with torch.no_grad():
+        raw, score = net.forward_with_score(x)
+        assert score.shape == (3,) and bool(((score >= 0) & (score <= 1)).all())
+        assert torch.equal(net(x), raw)  # threshold 0: nothing is emptied
+        net.presence_threshold.fill_(float(score.sort().values[1]) + 1e-6)  # the two lowest-scoring images are rejected
+        gated = net(x)
+    rejected = score < net.presence_threshold
+    assert int(rejected.sum()) == 2
+    assert not bool((gated[rejected].argmax(1) == 1).any())  # no lesion pixel on a rejected image
+    assert torch.equal(gated[~rejected], raw[~rejected])  # the kept image is untouched
+    logits, weights, s = net.predict_with_confounders(x, with_score=True)
+    assert torch.allclose(logits, gated, atol=1e-5) and torch.allclose(s, score, atol=1e-6) and weights.shape == (3, 12)
+    assert "presence_threshold" in net.state_dict()
+    net.presence_decision = False
+    with torch.no_grad():
+        assert torch.allclose(net(x), raw, atol=1e-5)
+
+
+def test_skip_head_uses_the_image_and_traces(tiny_world):
+    net = build_full_net(tiny_world).eval()
+    assert net.head.pixel_encoder is not None and net.head.skip_levels == [1, 0]
+    x = torch.rand(1, 3, 64, 64)
+    traced = torch.jit.trace(net, x, check_trace=False)
+    for size in [(64, 64), (90, 70)]:
+        y = torch.rand(2, 3, *size)
+        with torch.no_grad():
+            out = net(y)
+            assert out.shape == (2, 2, *size) and (traced(y) - out).abs().max().item() <= 1e-4
+    with torch.no_grad():  # the skips carry the image: the same CLIP grid with another image gives other logits
+        base = net.head(torch.zeros(1, 32, 4, 4), torch.zeros(1, 3, 16, 16))
+        other = net.head(torch.zeros(1, 32, 4, 4), torch.ones(1, 3, 16, 16))
+    assert not torch.allclose(base, other)
+    with pytest.raises(ValueError, match="skip"):
+        SegmentationHead(32, (16, 8), skip_channels=(4, 8, 8))
+
+
+def test_confounder_projection_keeps_the_classes_and_removes_the_confounders(tiny_world):
+    from mcdrl.networks.deconfounding import ConfounderProjection
+
+    d = ConfounderDictionary(tiny_world["dictionary"], 32)
+    proj = ConfounderProjection(d)
+    q = proj.basis
+    assert q.shape == (32, 12) and 1 <= proj.rank <= 12
+    keep = torch.cat([d.class_embeddings, d.background_embedding[None]])
+    assert torch.allclose(proj(keep), keep, atol=1e-5)  # P e_k = e_k, P e_bg = e_bg
+    z = proj(d.confounders)
+    basis_keep, _ = torch.linalg.qr(keep.t())
+    assert torch.allclose(z, (z @ basis_keep) @ basis_keep.t(), atol=1e-5)  # what is left of z_m lies in span(e_k, e_bg)
+    x = torch.randn(5, 32)
+    assert torch.allclose(proj(proj(x)), proj(x), atol=1e-5)  # a projection
+    assert torch.allclose(ConfounderProjection(ConfounderDictionary(None, 32))(x), x)  # an empty dictionary: identity
+
+
+@pytest.mark.parametrize("scope", ["all", "regions"])
+def test_deconfounding_scope(tiny_world, scope):
+    ref = build_full_net(tiny_world, deconfounding="none").eval()
+    net = build_full_net(tiny_world, deconfounding=scope).eval()
+    net.load_state_dict(ref.state_dict())
+    ref.use_intervention = net.use_intervention = False
+    x = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        tokens = ref.backbone.forward_dense(ref._resize_in(x))
+        out, f, idx = net._regions(tokens)
+        changed = (out - tokens).abs().sum(-1)[0] > 1e-6
+    selected = torch.zeros_like(changed).scatter_(0, idx[0], True)
+    if scope == "regions":
+        assert bool(changed[selected].all()) and not bool(changed[~selected].any())
+    else:
+        assert bool(changed.all())
+    with pytest.raises(ValueError, match="deconfounding"):
+        build_full_net(tiny_world, deconfounding="everywhere")
+
+
+def test_contrast_targets_give_empty_masks_the_normal_mucosa_class(tiny_world):
+    dictionary = ConfounderDictionary(tiny_world["dictionary"], 32)
+    loss = MCDRLLoss(dictionary, no_lesion_class=True)
+    label = torch.zeros(4, 1, 8, 8)
+    label[0, 0, 2, 2] = label[2, 0, 3, 3] = 1
+    targets = loss.contrast_targets(torch.tensor([1, 3, -1, -1]), label)
+    assert targets.tolist() == [1, 5, -1, 5]  # a lesion's class; K for an empty mask whatever the class says; unknown + lesion: no term
+    assert MCDRLLoss(dictionary).contrast_targets(torch.tensor([1, 3, -1, -1]), label).tolist() == [1, 3, -1, -1]
+
+
+def test_counterfactual_term_is_zero_for_identical_pairs_and_grows_with_the_difference(tiny_world):
+    from mcdrl.networks.losses import js_divergence
+
+    loss = MCDRLLoss(ConfounderDictionary(tiny_world["dictionary"], 32), lambda_causal=0, lambda_contrast=0, lambda_counterfactual=1.0)
+    torch.manual_seed(0)
+    f, p = torch.randn(2, 16, 32), torch.randn(2, 2, 8, 8)
+    same = {"pred": torch.cat([p, p]), "features": torch.cat([f, f]), "image_embedding": torch.randn(4, 32), "region_embedding": torch.randn(4, 32), "intervention_on": True}
+    label = torch.zeros(4, 1, 8, 8)
+    loss(same, {"label": label, "lesion_class": torch.full((4,), -1), "paired": True})
+    assert loss.last_terms["counterfactual"] == pytest.approx(0.0, abs=1e-6)
+    other = {**same, "features": torch.cat([f, f + 0.5 * torch.randn_like(f)]), "pred": torch.cat([p, -p])}
+    total = loss(other, {"label": label, "lesion_class": torch.full((4,), -1), "paired": True})
+    t = loss.last_terms
+    assert t["counterfactual"] > 0.05 and total.item() == pytest.approx(t["seg"] + t["counterfactual"], rel=1e-5)
+    loss(other, {"label": label, "lesion_class": torch.full((4,), -1), "paired": False})
+    assert "counterfactual" not in loss.last_terms
+    js = js_divergence(torch.tensor([[[[20.0]], [[-20.0]]]]), torch.tensor([[[[-20.0]], [[20.0]]]]))
+    assert float(js) == pytest.approx(np.log(2), abs=1e-4)

@@ -17,6 +17,24 @@ __version__ = "0.4.0"
 import importlib as _importlib
 import sys as _sys
 
+def _quiet_gpu_decoder_warnings() -> None:
+    """MONAI 1.6 builds every image reader inside each ``LoadImage``, and its GPU DICOM decoder (nvImageCodec, CUDA only)
+    warns on every machine without one that it "did not register": noise in every run of this CPU bundle, which
+    decodes DICOM with pydicom's own plugins (pinned in requirements.txt). Only those two messages are silenced."""
+    import logging
+    import warnings
+
+    warnings.filterwarnings("ignore", message="NvImgCodecPydicomReader: nvImageCodec decoder plugin did not register")
+
+    class _Drop(logging.Filter):
+        def filter(self, record: logging.LogRecord) -> bool:
+            return "nvImageCodec is not available" not in str(record.msg)
+
+    logging.getLogger("monai.data.nvimgcodec_pydicom_plugin").addFilter(_Drop())
+
+
+_quiet_gpu_decoder_warnings()
+
 _argv0 = _sys.argv[0].replace("\\", "/") if _sys.argv else ""
 if _argv0.endswith("monai/bundle/__main__.py") or (_argv0.endswith("/__main__.py") and "/mcdrl/" in _argv0):  # CLI runs only
     from .errors import install_cli_hook as _install_cli_hook

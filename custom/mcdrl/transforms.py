@@ -80,7 +80,10 @@ class ToModelInput(Transform):
         if meta is not None:
             from monai.data import MetaTensor
 
-            return MetaTensor(x, meta=meta, affine=getattr(img, "affine", None))
+            out = MetaTensor(x, meta=meta)  # the meta dict holds the affine already (passing it again makes MONAI warn)
+            if "affine" not in meta and getattr(img, "affine", None) is not None:
+                out.affine = img.affine
+            return out
         return x
 
 

@@ -26,17 +26,17 @@ import sys
 import time
 from pathlib import Path
 
-from mcdrl.evaluation.scoring import build_bundle_network, load_labelled_images, score_images, summarise, write_json
+from mcdrl.evaluation.scoring import build_bundle_network, load_labelled_images, parse_sets, score_images, summarise, write_json
 from mcdrl.paths import default_bundle_root, portable_command, repo_relative
 from mcdrl.utils import atomic_path
 
 __all__ = ["main"]
 
 
-def _train_unet(bundle: Path, work: Path, budget_s: float, extra: list[str]) -> dict:
+def _train_unet(configs: Path, bundle: Path, work: Path, budget_s: float, extra: list[str]) -> dict:
     cmd = [sys.executable, "-m", "monai.bundle", "run", "training", "--config_file",
-           str([str(bundle / "configs" / "train.json"), str(bundle / "configs" / "unet.json")]),
-           "--meta_file", str(bundle / "configs" / "metadata.json"), "--logging_file", str(bundle / "configs" / "logging.conf"),
+           str([str(configs / "train.json"), str(configs / "unet.json")]),
+           "--meta_file", str(configs / "metadata.json"), "--logging_file", str(configs / "logging.conf"),
            "--bundle_root", str(bundle), "--ckpt_dir", str(work / "models"), "--output_dir", str(work / "run"),
            "--resume", "false", "--time_budget_s", str(budget_s), *extra]
     work.mkdir(parents=True, exist_ok=True)
@@ -51,47 +51,54 @@ def _train_unet(bundle: Path, work: Path, budget_s: float, extra: list[str]) -> 
 
 
 def main(argv: list[str] | None = None) -> int:
-    bundle = Path(default_bundle_root())
-    repo = bundle.parent
+    configs = Path(default_bundle_root()) / "configs"
     p = argparse.ArgumentParser(prog="python -m mcdrl.evaluation.compare", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--bundle_root", default=str(configs.parent), help="the bundle whose models/model.pt is scored (default: this checkout's)")
     p.add_argument("--budget_s", type=float, default=None, help="the UNet's wall-time budget (default: the shipped model's logged training time)")
-    p.add_argument("--datalist", default=str(repo / "data" / "synthetic" / "datalist.json"), help="training datalist (its validation split is scored)")
-    p.add_argument("--heldout", default=str(repo / "data" / "heldout_F" / "datalist.json"), help="held-out datalist (its training split is scored)")
+    p.add_argument("--datalist", default=None, help="training datalist (its validation split is scored); default data/synthetic")
+    p.add_argument("--heldout", default=None, help="held-out datalist (its --heldout_split is scored); default data/heldout_F")
     p.add_argument("--heldout_split", default="training")
-    p.add_argument("--work_dir", default=str(bundle / "runs" / "compare"))
-    p.add_argument("--out", default=str(bundle / "docs" / "results"))
+    p.add_argument("--work_dir", default=None, help="the UNet's run (default: <bundle_root>/runs/compare)")
+    p.add_argument("--out", default=None, help="where compare.json/md go (default: <bundle_root>/docs/results)")
     p.add_argument("--skip_training", action="store_true", help="score the UNet already in --work_dir")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=JSON", help="a config value for both models (repeatable)")
     a, unet_overrides = p.parse_known_args(argv)  # anything else is passed to the UNet's training run (--key value)
-    work = Path(a.work_dir)
-    shipped_record = json.loads((bundle / "docs" / "results" / "demo_model.json").read_text())
+    bundle = Path(a.bundle_root)
+    repo = configs.parent.parent
+    datalist = Path(a.datalist or repo / "data" / "synthetic" / "datalist.json")
+    heldout = Path(a.heldout or repo / "data" / "heldout_F" / "datalist.json")
+    work = Path(a.work_dir or bundle / "runs" / "compare")
+    out = Path(a.out or bundle / "docs" / "results")
+    sets = {"bundle_root": str(bundle), **parse_sets(a.set)}
+    record_file = bundle / "docs" / "results" / "demo_model.json"
+    shipped_record = json.loads(record_file.read_text()) if record_file.is_file() else {}
     budget = a.budget_s or shipped_record.get("training", {}).get("seconds")
     if not budget:
-        raise SystemExit("no --budget_s given and bundle/docs/results/demo_model.json has no training.seconds")
+        raise SystemExit(f"no --budget_s given and {record_file} has no training.seconds")
     unet_record = None
     if not a.skip_training:
-        unet_record = _train_unet(bundle, work, float(budget), ["--dataset_dir", str(Path(a.datalist).parent), *unet_overrides])
+        extra = [x for k, v in sets.items() if k != "bundle_root" for x in (f"--{k}", v if isinstance(v, str) else json.dumps(v))]
+        unet_record = _train_unet(configs, bundle, work, float(budget), ["--dataset_dir", str(datalist.parent), *extra, *unet_overrides])
     elif (work / "run" / "training_time.json").is_file():
         unet_record = json.loads((work / "run" / "training_time.json").read_text())
-    sets = {"validation (source sites)": load_labelled_images(a.datalist, "validation"),
-            "held-out site": load_labelled_images(a.heldout, a.heldout_split)}
+    images = {"validation (source sites)": load_labelled_images(datalist, "validation"),
+              "held-out site": load_labelled_images(heldout, a.heldout_split)}
     models = {
-        "shipped MCDRL": build_bundle_network(str(bundle / "configs" / "inference.json"), bundle / "models" / "model.pt", {"bundle_root": str(bundle)}),
-        "MONAI UNet (same wall time)": build_bundle_network([str(bundle / "configs" / "train.json"), str(bundle / "configs" / "unet.json")],
-                                                           work / "models" / "model.pt", {"bundle_root": str(bundle)}),
+        "shipped MCDRL": build_bundle_network(str(configs / "inference.json"), bundle / "models" / "model.pt", sets),
+        "MONAI UNet (same wall time)": build_bundle_network([str(configs / "train.json"), str(configs / "unet.json")], work / "models" / "model.pt", sets),
     }
     results = {}
     for name, (net, post) in models.items():
-        results[name] = {s: summarise(score_images(net, imgs, post)) for s, imgs in sets.items()}
+        results[name] = {s: summarise(score_images(net, imgs, post)) for s, imgs in images.items()}
         print(name, {s: (r["dice"], r["false_alarm_rate"], r["sensitivity"]) for s, r in results[name].items()}, flush=True)
     doc = {
         "command": portable_command("python -m mcdrl.evaluation.compare", list(argv if argv is not None else sys.argv[1:]), repo),
         "date": datetime.datetime.now().isoformat(timespec="seconds"),
-        "datalist": repo_relative(a.datalist, repo), "heldout": repo_relative(a.heldout, repo),
+        "datalist": repo_relative(datalist, repo), "heldout": repo_relative(heldout, repo),
         "budget_s": float(budget), "shipped_training": shipped_record.get("training"), "unet_training": unet_record,
         "detection_rule": "a lesion is detected when the mask covers >= 10% of its pixels; a false alarm is any lesion pixel on a lesion-free frame",
         "results": results,
     }
-    out = Path(a.out)
     write_json(out / "compare.json", doc)
     lines = ["# Shipped MCDRL against a MONAI UNet trained for the same wall time", "",
              f"Generated by `{doc['command'].strip()}`; do not edit by hand. UNet budget {budget:.0f} s "

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageFilter
 
-from mcdrl.evaluation.scoring import build_bundle_network, load_labelled_images, score_images, summarise, write_json
+from mcdrl.evaluation.scoring import build_bundle_network, load_labelled_images, parse_sets, score_images, summarise, write_json
 from mcdrl.paths import default_bundle_root, portable_command
 from mcdrl.utils import atomic_path
 
@@ -124,16 +124,18 @@ def new_site_images(n: int, seed: int = 4242, size: int = 224) -> list[dict]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    bundle = Path(default_bundle_root())
-    repo = bundle.parent
+    configs = Path(default_bundle_root()) / "configs"
+    repo = configs.parent.parent
     p = argparse.ArgumentParser(prog="python -m mcdrl.evaluation.robustness", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--bundle_root", default=str(configs.parent), help="the bundle whose models/model.pt is scored (default: this checkout's)")
     p.add_argument("--datalist", default=str(repo / "data" / "synthetic" / "datalist.json"), help="its validation split is the clean, in-domain set")
-    p.add_argument("--config_file", default=str(bundle / "configs" / "inference.json"))
-    p.add_argument("--ckpt_file", default=str(bundle / "models" / "model.pt"))
     p.add_argument("--n_site", type=int, default=160, help="frames of the new site")
-    p.add_argument("--out", default=str(bundle / "docs" / "results"))
+    p.add_argument("--out", default=None, help="where robustness.json/md go (default: <bundle_root>/docs/results)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=JSON", help="a config value of the network (repeatable)")
     a = p.parse_args(argv)
-    net, post = build_bundle_network(a.config_file, a.ckpt_file, {"bundle_root": str(bundle)})
+    bundle = Path(a.bundle_root)
+    a.out = a.out or str(bundle / "docs" / "results")
+    net, post = build_bundle_network(str(configs / "inference.json"), bundle / "models" / "model.pt", {"bundle_root": str(bundle), **parse_sets(a.set)})
     clean_imgs = load_labelled_images(a.datalist, "validation")
     clean = summarise(score_images(net, clean_imgs, post))
     print(f"clean: Dice {clean['dice']:.3f}", flush=True)

@@ -26,7 +26,7 @@ import torch
 from mcdrl.evaluation.metrics import per_image_metrics
 from mcdrl.transforms import LesionPostprocess
 
-__all__ = ["DETECTION_COVERAGE", "build_bundle_network", "load_labelled_images", "score_images", "summarise"]
+__all__ = ["DETECTION_COVERAGE", "build_bundle_network", "load_labelled_images", "parse_sets", "score_images", "summarise", "write_json"]
 
 #: a lesion counts as detected when the predicted mask covers at least this fraction of its pixels
 DETECTION_COVERAGE = 0.1
@@ -143,3 +143,18 @@ def write_json(path: str | os.PathLike, doc: dict) -> Path:
     with atomic_path(path) as tmp:
         Path(tmp).write_text(json.dumps(doc, indent=1) + "\n")
     return path
+
+
+def parse_sets(items: list[str]) -> dict:
+    """``["key=JSON", ...]`` (the ``--set`` options of the evaluation commands) -> ``{key: value}``; a value that is not
+    JSON is taken as a string."""
+    out = {}
+    for item in items:
+        if "=" not in item:
+            raise SystemExit(f"--set {item!r}: expected KEY=VALUE with a JSON value, e.g. deconfounding='\"all\"' or lambda_counterfactual=0.5")
+        k, v = item.split("=", 1)
+        try:
+            out[k] = json.loads(v)
+        except json.JSONDecodeError:
+            out[k] = v
+    return out

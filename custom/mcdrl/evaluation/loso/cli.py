@@ -27,6 +27,7 @@ from pathlib import Path
 
 import torch
 
+from mcdrl.evaluation.scoring import parse_sets
 from mcdrl.networks.clip_backbone import resolve_weights, weights_sha256
 from mcdrl.paths import default_bundle_root, portable_command, repo_relative
 
@@ -48,6 +49,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--methods", nargs="+", choices=list(all_methods()), default=list(all_methods()), help="rows to run (default: all)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=JSON", help="a config override for every run (repeatable)")
     p.add_argument("--validation_only", action="store_true", help="score no held-out image; report source-site validation Dice")
+    p.add_argument("--held_out", nargs="+", default=None, help="run only these folds (checks; the report then covers only them)")
     p.add_argument("--seeds", nargs="+", type=int, default=None, help="override the profile's seeds")
     p.add_argument("--unet_seeds", nargs="+", type=int, default=None, help="override the profile's UNet seeds")
     p.add_argument("--epochs", type=int, default=None)
@@ -57,26 +59,13 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _parse_sets(items: list[str]) -> dict:
-    out = {}
-    for item in items:
-        if "=" not in item:
-            raise SystemExit(f"--set {item!r}: expected KEY=VALUE (VALUE as JSON, e.g. deconfounding='\"all\"' or lambda_counterfactual=0.5)")
-        k, v = item.split("=", 1)
-        try:
-            out[k] = json.loads(v)
-        except json.JSONDecodeError:
-            out[k] = v  # a bare string
-    return out
-
-
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     t_start = time.perf_counter()
     bundle = Path(default_bundle_root())
     repo = bundle.parent
-    sets = _parse_sets(args.set)
+    sets = parse_sets(args.set)
     profile = get_profile(args.profile).replace(
         seeds=tuple(args.seeds) if args.seeds else None, unet_seeds=tuple(args.unet_seeds) if args.unet_seeds else None,
         epochs=args.epochs, n_per_site=args.n_per_site, workers=args.workers, threads=args.threads)
@@ -89,7 +78,8 @@ def main(argv: list[str] | None = None) -> int:
     known = all_methods()
     methods = {m: known[m] for m in known if m in args.methods}
     cells = [(m, profile.seeds_of(m.seeds)) for m in methods.values()]
-    records = runner.run_grid(prep, cells, validation_only=args.validation_only, progress=say)
+    records = runner.run_grid(prep, cells, validation_only=args.validation_only, progress=say, held_out=tuple(args.held_out) if args.held_out else None)
+    sites = tuple(args.held_out) if args.held_out else profile.sites
     wall = time.perf_counter() - t_start
     meta = {
         "command": portable_command("python -m mcdrl.evaluation.loso", list(argv if argv is not None else sys.argv[1:]), repo),
@@ -104,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
         "budget_notes": profile.budget_notes() + _frozen_notes(methods),
         "note_on_reuse": "runs already present in the cache are reused; wall_time covers only what this invocation computed",
     }
-    doc = report.write_report(Path(args.out), records, methods, profile.sites, meta, stem=args.stem)
+    doc = report.write_report(Path(args.out), records, methods, sites, meta, stem=args.stem)
     for name, m in doc["methods"].items():
         if doc["validation_only"]:
             say(f"{name:>17}: source-site validation Dice {100 * m['source_validation_dice']:.1f}")
@@ -113,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
                 + " ".join(f"{s} {100 * v:.1f}" for s, v in m["per_site_dice"].items()) + f"  (source-val {100 * m['source_validation_dice']:.1f})")
     if doc.get("target"):
         t = doc["target"]
-        say(f"shipped MCDRL - Baseline: {t['gain_over_baseline_points']:+.1f} points, better at {t['sites_better_count']}/{len(profile.sites)} sites, "
+        say(f"shipped MCDRL - Baseline: {t['gain_over_baseline_points']:+.1f} points, better at {t['sites_better_count']}/{len(sites)} sites, "
             f"seed std {t['seed_std_points']:.1f}")
     say(f"wrote {repo_relative(Path(args.out) / (args.stem + '.md'), repo)} in {wall / 60:.1f} min")
     return 0

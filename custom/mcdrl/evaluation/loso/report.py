@@ -131,7 +131,9 @@ def write_report(out_dir, records: list[dict], methods: dict, sites, meta: dict,
     doc = {"meta": meta, "validation_only": validation_only, "methods": {}}
     for name in by:
         m = methods[name]
-        doc["methods"][name] = {"description": m.description, "kind": m.kind, "files": ["train.json", *m.files], "overrides": m.overrides, **summaries[name]}
+        same = by[name][0].get("same_runs_as")
+        doc["methods"][name] = {"description": m.description, "kind": m.kind, "files": ["train.json", *m.files], "overrides": m.overrides,
+                                "same_runs_as": same, **summaries[name]}
     if not validation_only and "mcdrl" in summaries and "baseline" in summaries:
         doc["target"] = target_check(summaries["mcdrl"], summaries["baseline"], summaries.get("unet"), sites)
     if not validation_only:
@@ -185,8 +187,9 @@ def _markdown(doc: dict, summaries: dict, methods: dict, sites, meta: dict, vali
                          + " | ".join(_fmt(s["per_site_dice"][x]) for x in sites)
                          + f" | {delta} | {_fmt(s['false_alarm_rate'])}% | {_fmt(s['sensitivity'])}% | {_fmt(s['source_validation_dice'])} | {s['train_minutes_mean']:.1f} |")
     lines += ["", "Rows:", ""] + [f"- `{n}`: {doc['methods'][n]['description']} (configs {' + '.join(doc['methods'][n]['files'])}"
-                                  + (f"; {doc['methods'][n]['overrides']}" if doc['methods'][n]['overrides'] else "") + f"; seeds {summaries[n]['seeds']})."
-                                  for n in summaries]
+                                  + (f"; {doc['methods'][n]['overrides']}" if doc['methods'][n]['overrides'] else "") + f"; seeds {summaries[n]['seeds']})"
+                                  + (f"; the same configuration as `{doc['methods'][n]['same_runs_as']}` (train.json already has it so), so the same runs."
+                                     if doc['methods'][n]['same_runs_as'] else ".") for n in summaries]
     t = doc.get("target")
     if t:
         lines += ["", "## Target check (shipped MCDRL against the Baseline row)", "",

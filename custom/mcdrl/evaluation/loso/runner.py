@@ -69,9 +69,28 @@ def prepare(profile: Profile, bundle_root, clip_model: str, clip_weights, dictio
     return Prepared(profile, str(configs_dir), common, str(work_dir), fingerprint, timings)
 
 
-def run_id(method: Method, held_out: str, seed: int, validation_only: bool) -> str:
-    digest = hashlib.sha256(json.dumps(method.key(), sort_keys=True, default=str).encode()).hexdigest()[:8]
-    return f"{method.name}-{held_out}-s{seed}-{digest}{'-val' if validation_only else ''}"
+def effective_key(method: Method, configs_dir: str | os.PathLike) -> dict:
+    """The method's config files and the overrides that change something: an override equal to what train.json (plus the
+    method's files) already sets is dropped, so two methods that train the same configuration share their runs."""
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config([str(Path(configs_dir) / "train.json")] + [str(Path(configs_dir) / f) for f in method.files])
+    changed = {}
+    for k, v in method.overrides.items():
+        try:
+            current = parser.get_parsed_content(k, instantiate=False)
+        except Exception:  # noqa: BLE001 - a key the config does not have: keep the override
+            current = object()
+        if current != v:
+            changed[k] = v
+    return {"files": list(method.files), "overrides": changed}
+
+
+def run_id(method: Method, held_out: str, seed: int, validation_only: bool, configs_dir: str | os.PathLike) -> str:
+    """``<config digest>-<held-out site>-s<seed>``: the digest of :func:`effective_key`, so identical configurations share runs."""
+    digest = hashlib.sha256(json.dumps(effective_key(method, configs_dir), sort_keys=True, default=str).encode()).hexdigest()[:10]
+    return f"{digest}-{held_out}-s{seed}{'-val' if validation_only else ''}"
 
 
 def _init_worker(threads: int) -> None:
@@ -95,14 +114,20 @@ def _work(task: tuple) -> tuple[str, dict]:
     return out_path, record
 
 
-def run_grid(prep: Prepared, cells: list[tuple[Method, tuple[int, ...]]], validation_only: bool = False, progress=print) -> list[dict]:
-    """Run (or reuse) every (method, held-out site, seed) of ``cells`` = [(method, seeds), ...]; records in grid order."""
-    tasks, results, order = [], {}, []
+def run_grid(prep: Prepared, cells: list[tuple[Method, tuple[int, ...]]], validation_only: bool = False, progress=print,
+             held_out: tuple[str, ...] | None = None) -> list[dict]:
+    """Run (or reuse) every (method, held-out site, seed) of ``cells`` = [(method, seeds), ...]; records in grid order.
+
+    ``held_out`` restricts the folds (the world keeps every site of the profile)."""
+    tasks, results, order, planned = [], {}, [], {}
     for method, seeds in cells:
-        for site in prep.profile.sites:
+        for site in held_out or prep.profile.sites:
             for seed in seeds:
-                path = str(Path(prep.work_dir) / f"{run_id(method, site, seed, validation_only)}.json")
-                order.append(path)
+                path = str(Path(prep.work_dir) / f"{run_id(method, site, seed, validation_only, prep.configs_dir)}.json")
+                order.append((method.name, path))
+                if path in planned:
+                    continue
+                planned[path] = method.name
                 if os.path.isfile(path):
                     try:
                         results[path] = json.loads(Path(path).read_text())
@@ -127,7 +152,7 @@ def run_grid(prep: Prepared, cells: list[tuple[Method, tuple[int, ...]]], valida
                 _report(progress, done, len(tasks), result, t0)
     else:
         progress(f"all {len(results)} runs reused from {prep.work_dir}")
-    return [results[p] for p in order]
+    return [{**results[p], "method": name, "same_runs_as": planned[p] if planned[p] != name else None} for name, p in order]
 
 
 def _report(progress, done: int, total: int, result: dict, t0: float) -> None:

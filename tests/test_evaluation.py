@@ -1,0 +1,83 @@
+"""The side-by-side command (shipped model vs a UNet trained for the same wall time), the robustness report, and the
+portability of everything under bundle/docs/results/."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+
+import numpy as np
+import pytest
+from conftest import PYTHON, REPO, TINY_OVERRIDES, bundle_cli, tiny_train_overrides
+
+CONFIGS = REPO / "bundle" / "configs"
+SETS = [f"--set={k}={json.dumps(v)}" for k, v in TINY_OVERRIDES.items()]
+
+
+@pytest.fixture(scope="module")
+def tiny_bundle(tiny_world, tmp_path_factory):
+    """A bundle root with a tiny MCDRL model trained by the bundle CLI (its models/model.pt)."""
+    root = tmp_path_factory.mktemp("bundle")
+    proc = bundle_cli(["run", "training", "--config_file", str(CONFIGS / "train.json")], root, tiny_train_overrides(tiny_world, root))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    sets = SETS + [f"--set=clip_weights={json.dumps(str(tiny_world['weights']))}", f"--set=dictionary_path={json.dumps(str(tiny_world['dictionary']))}"]
+    return {"root": root, "sets": sets, "world": tiny_world}
+
+
+def _run(module: str, args: list[str], timeout: int = 600) -> subprocess.CompletedProcess:
+    return subprocess.run([PYTHON, "-m", module, *args], capture_output=True, text=True, timeout=timeout, cwd=REPO,
+                          env={**os.environ, "HF_HUB_OFFLINE": "1"})
+
+
+def test_compare_trains_a_unet_for_the_budget_and_scores_both(tiny_bundle, tmp_path):
+    data = tiny_bundle["world"]["datalist"]
+    args = ["--bundle_root", str(tiny_bundle["root"]), "--budget_s", "12", "--datalist", str(data), "--heldout", str(data),
+            "--heldout_split", "training", "--work_dir", str(tmp_path / "work"), "--out", str(tmp_path / "out"), *tiny_bundle["sets"],
+            "--max_epochs", "50", "--batch_size", "2"]
+    proc = _run("mcdrl.evaluation.compare", args)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    doc = json.loads((tmp_path / "out" / "compare.json").read_text())
+    unet = doc["unet_training"]
+    assert unet["stopped_by_budget"] and 1 <= unet["epochs"] < 50 and unet["seconds"] <= 12 + unet["seconds"] / unet["epochs"]
+    for model in ("shipped MCDRL", "MONAI UNet (same wall time)"):
+        val, held = doc["results"][model]["validation (source sites)"], doc["results"][model]["held-out site"]
+        assert val["n"] == 2 and held["n"] == 6 and 0 <= val["dice"] <= 1 and 0 <= held["dice"] <= 1
+        assert held["lesion_images"] + held["lesion_free_images"] == 6
+    md = (tmp_path / "out" / "compare.md").read_text()
+    assert "| shipped MCDRL | held-out site | 6 |" in md and str(tmp_path) not in md + json.dumps(doc)
+
+
+def test_robustness_report_scores_every_shift_and_a_new_site(tiny_bundle, tmp_path):
+    from mcdrl.evaluation.robustness import NEW_SITE, SHIFTS, new_site_images
+    from mcdrl.synthetic import SITES
+
+    assert NEW_SITE.name not in SITES  # a site no file of the world defines
+    img = new_site_images(1, size=64)[0]["image"]
+    for name, (_, fn) in SHIFTS.items():
+        out = fn(img)
+        assert out.shape == img.shape and out.dtype == np.uint8 and not np.array_equal(out, img), name
+    args = ["--bundle_root", str(tiny_bundle["root"]), "--datalist", str(tiny_bundle["world"]["datalist"]), "--n_site", "4",
+            "--out", str(tmp_path), *tiny_bundle["sets"]]
+    proc = _run("mcdrl.evaluation.robustness", args)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    doc = json.loads((tmp_path / "robustness.json").read_text())
+    assert set(doc["shifts"]) == set(SHIFTS) and doc["new_site"]["n"] == 4 and doc["clean_in_domain"]["n"] == 2
+    for r in doc["shifts"].values():
+        assert r["ratio_to_clean"] == pytest.approx(r["dice"] / doc["clean_in_domain"]["dice"], abs=1e-3)
+    assert "Worst shift" in (tmp_path / "robustness.md").read_text()
+
+
+ABSOLUTE = re.compile(r"(?<![\w.])(/(?:work|home|tmp|root|Users|mnt|opt|var)/[^\s\"'`),]+|[A-Za-z]:\\\\[^\s\"']+)")
+
+
+def test_results_name_files_relative_to_the_repository():
+    """Reports under bundle/docs/results/ are portable: no absolute path of the machine they ran on."""
+    offenders = []
+    for path in sorted((REPO / "bundle" / "docs" / "results").rglob("*")):
+        if path.suffix in (".json", ".md", ".csv", ".txt") and path.is_file():
+            for m in ABSOLUTE.finditer(path.read_text(errors="replace")):
+                offenders.append(f"{path.relative_to(REPO)}: {m.group(0)[:80]}")
+    assert not offenders, "\n".join(offenders[:20])
+    assert ABSOLUTE.search('"clip_weights": "/work/main/bundle/models/x"') and not ABSOLUTE.search("bundle/models/x and 1/2 of it")

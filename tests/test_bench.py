@@ -41,9 +41,13 @@ def randomise_linears(module: torch.nn.Module, seed: int = 0) -> torch.nn.Module
     return module
 
 
-def reference_head(head: SegmentationHead, grid: torch.Tensor) -> torch.Tensor:
-    """The decoder as first written: plain NCHW layout throughout (the unoptimised path)."""
-    return head.classifier(head.stages(head.dropout(head.proj(grid))))
+def reference_head(head: SegmentationHead, grid: torch.Tensor, image: torch.Tensor | None = None) -> torch.Tensor:
+    """The decoder in plain NCHW layout throughout (the unoptimised path), with its skips from the image if it has them."""
+    x = head.dropout(head.proj(grid))
+    skips = head.pixel_encoder(image) if head.pixel_encoder is not None else []
+    for stage, k in zip(head.stages, head.skip_levels):
+        x = stage(x, skips[k] if k >= 0 and skips else None)
+    return head.classifier(x)
 
 
 def reference_eval_forward(net: MCDRLNet, x: torch.Tensor) -> torch.Tensor:
@@ -61,7 +65,9 @@ def reference_eval_forward(net: MCDRLNet, x: torch.Tensor) -> torch.Tensor:
     tokens = tokens.scatter(1, gather_idx, f)
     b, _, dim = tokens.shape
     grid = tokens.transpose(1, 2).reshape(b, dim, net.grid_size, net.grid_size)
-    return F.interpolate(reference_head(net.head, grid), size=x.shape[-2:], mode="bilinear", align_corners=False)
+    out = net.grid_size * net.head.upsample_factor
+    pixels = net.backbone.normalize(F.interpolate(xs, size=[out, out], mode="bilinear", align_corners=False, antialias=True))
+    return F.interpolate(reference_head(net.head, grid, pixels), size=x.shape[-2:], mode="bilinear", align_corners=False)
 
 
 @pytest.mark.parametrize("size", [(64, 64), (96, 80)])
@@ -184,7 +190,8 @@ def test_state_dict_keys_unchanged_by_benchmark_builds():
     net = build_network(TINY, heads=2, decoder_channels=(16, 8))
     backbone = CLIPVisualBackbone(TINY, None)
     d = backbone.embed_dim
-    plain = MCDRLNet(backbone, ConfounderDictionary(None, d), RegionSelector(0.5), CausalIntervention(d, 3, heads=2), SegmentationHead(d, (16, 8)))
+    head = SegmentationHead(d, (16, 8), skip_channels=tuple(json.loads((REPO / "bundle" / "configs" / "inference.json").read_text())["decoder_skip_channels"])[:2])
+    plain = MCDRLNet(backbone, ConfounderDictionary(None, d), RegionSelector(0.5), CausalIntervention(d, 3, heads=2), head)
     assert list(net.state_dict()) == list(plain.state_dict())
 
 

@@ -66,7 +66,7 @@ def load_labelled_images(datalist: str | os.PathLike, split: str, sites: Sequenc
     out = []
     for e in load_datalist(datalist, split, sites=list(sites) if sites else None):
         out.append({"id": e.get("id", Path(e["image"]).stem), "site": e.get("site"), "lesion_class": e.get("lesion_class"),
-                    "confounders": e.get("confounders", []), "image": np.asarray(Image.open(e["image"]).convert("RGB")),
+                    "confounders": e.get("confounders", []), "image": np.array(Image.open(e["image"]).convert("RGB")),
                     "mask": np.asarray(Image.open(e["label"])) > 0})
     return out
 

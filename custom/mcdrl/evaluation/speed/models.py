@@ -7,6 +7,8 @@ exactly as at inference time, and region selection ranks real (random) similarit
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 import torch.nn.functional as F
 
@@ -24,26 +26,46 @@ __all__ = ["QUICK_MODEL", "build_network", "random_batch"]
 QUICK_MODEL = "mcdrl-tiny-vit"
 
 
+def _shipped(key: str):
+    """A value of ``bundle/configs/inference.json`` (the architecture the bundle ships)."""
+    import json
+
+    from mcdrl.paths import default_bundle_root
+
+    return json.loads((Path(default_bundle_root()) / "configs" / "inference.json").read_text())[key]
+
+
 def build_network(
     model_name: str,
     use_intervention: bool = True,
     seed: int = 0,
-    depth: int = 3,
-    heads: int = 8,
-    decoder_channels: tuple[int, ...] = (128, 64, 32, 16),
+    depth: int | None = None,
+    heads: int | None = None,
+    decoder_channels: tuple[int, ...] | None = None,
     alpha: float = 0.5,
     num_confounders: int = 12,
+    skip_channels: tuple[int, ...] | None = None,
+    presence_decision: bool | None = None,
+    deconfounding: str | None = None,
 ) -> MCDRLNet:
-    """The bundle's network (defaults of ``bundle/configs/inference.json``) with random CLIP weights, in eval mode.
+    """The bundle's network (the architecture of ``bundle/configs/inference.json`` unless given) with random CLIP
+    weights, in eval mode.
 
     Args:
         model_name: an open_clip config name (``"ViT-B-16"``, ``"mcdrl-demo-vit"``, ...).
         use_intervention: False builds the Baseline (CLIP + MTRS gather + head, the "w/o CDRL" ablation).
         seed: seeds every random weight, so two builds with the same seed are identical.
+        skip_channels: the head's pixel-encoder levels; None: inference.json's, as many as the decoder has stages.
 
     Returns:
         MCDRLNet; eval ``forward`` maps (B, 3, H, W) in [0, 1] to logits (B, 2, H, W).
     """
+    depth = _shipped("intervention_layers") if depth is None else depth
+    heads = _shipped("intervention_heads") if heads is None else heads
+    decoder_channels = tuple(_shipped("decoder_channels") if decoder_channels is None else decoder_channels)
+    skip_channels = tuple(_shipped("decoder_skip_channels") if skip_channels is None else skip_channels)[: len(decoder_channels)]
+    presence_decision = _shipped("presence_decision") if presence_decision is None else presence_decision
+    deconfounding = _shipped("deconfounding") if deconfounding is None else deconfounding
     torch.manual_seed(seed)
     backbone = CLIPVisualBackbone(model_name, None)
     d = backbone.embed_dim
@@ -57,8 +79,10 @@ def build_network(
         dictionary=dictionary,
         selector=RegionSelector(alpha=alpha),
         intervention=CausalIntervention(d, depth=depth, heads=heads),
-        head=SegmentationHead(d, channels=tuple(decoder_channels)),
+        head=SegmentationHead(d, channels=decoder_channels, skip_channels=skip_channels),
         use_intervention=use_intervention,
+        deconfounding=deconfounding,
+        presence_decision=presence_decision,
     )
     return net.eval()
 

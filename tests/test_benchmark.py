@@ -17,7 +17,7 @@ import torch
 from conftest import PYTHON, REPO, TINY, TINY_OVERRIDES, bundle_cli
 
 from mcdrl.errors import InputFileError
-from mcdrl.evaluation.loso.methods import ABLATIONS, CAUSAL_OFF, METHODS, all_methods
+from mcdrl.evaluation.loso.methods import ABLATIONS, ADDITIONS, CAUSAL_OFF, METHODS, ablation_rows, all_methods
 from mcdrl.evaluation.loso.profiles import get_profile
 from mcdrl.evaluation.loso.run import run_one, run_overrides
 from mcdrl.evaluation.loso.runner import prepare
@@ -39,6 +39,21 @@ def test_methods_are_variants_of_the_bundle_configs():
     assert METHODS["paper_baseline"].overrides == {**CAUSAL_OFF, "lambda_contrast": 0.0}
     assert METHODS["unet"].files == ("unet.json",)
     assert all(m.kind == "ablation" and len(m.overrides) <= 2 and not m.files for m in ABLATIONS.values())
+
+
+def test_a_part_the_shipped_recipe_leaves_off_is_measured_as_an_addition(tmp_path):
+    """wo_X where train.json uses part X; with_X (the part switched on) where it does not, so no row duplicates mcdrl."""
+    for name in ("train.json", "paper.json", "unet.json"):
+        (tmp_path / name).write_text((CONFIGS / name).read_text())
+    train = json.loads((CONFIGS / "train.json").read_text())
+
+    def rows_with(**keys):
+        (tmp_path / "train.json").write_text(json.dumps({**train, **keys}))
+        return ablation_rows(tmp_path)
+
+    assert rows_with(lambda_counterfactual=0.0, deconfounding="none") == ["wo_mtrs", "wo_cdrl", "with_counterfactual", "with_text"]
+    assert rows_with(lambda_counterfactual=0.5, deconfounding="regions") == ["wo_mtrs", "wo_cdrl", "wo_counterfactual", "wo_text"]
+    assert set(ADDITIONS) == {"with_counterfactual", "with_text"} and all(m.overrides for m in ADDITIONS.values())
 
 
 def test_every_run_of_a_profile_gets_the_same_budget(tmp_path):

@@ -33,7 +33,9 @@ from conftest import BUNDLE, PYTHON, REPO, TINY, TINY_OVERRIDES, bundle_cli
 MODEL = "mcdrl_segmentation"
 SETUP_SCRIPT = REPO / "scripts" / "monailabel_setup.py"
 #: Written into the copied configs' top-level keys: the tiny test CLIP instead of the shipped demo CLIP.
-TINY_INFER = {"clip_model": TINY, "intervention_heads": TINY_OVERRIDES["intervention_heads"], "decoder_channels": TINY_OVERRIDES["decoder_channels"]}
+TINY_INFER = {
+    key: TINY_OVERRIDES[key] for key in ("clip_model", "intervention_heads", "decoder_channels", "decoder_skip_channels")
+}
 TINY_TRAIN = {**TINY_INFER, "num_workers": 0, "batch_size": 2, "clip_weights": "$@bundle_root + '/models/clip/tiny.safetensors'"}
 #: Non-square on purpose: a transposed or resized mask cannot pass the voxel-for-voxel comparison.
 STUDY_HW = (72, 96)

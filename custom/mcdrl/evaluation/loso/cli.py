@@ -32,7 +32,7 @@ from mcdrl.networks.clip_backbone import resolve_weights, weights_sha256
 from mcdrl.paths import default_bundle_root, portable_command, repo_relative
 
 from . import report, runner
-from .methods import Method, all_methods
+from .methods import METHODS, Method, ablation_rows, all_methods
 from .profiles import PROFILES, get_profile
 
 
@@ -46,7 +46,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=str(bundle / "docs" / "results"), help="where loso.* go")
     p.add_argument("--stem", default="loso", help="report file names: <stem>.json, <stem>.md, ...")
     p.add_argument("--cache_dir", default=str(bundle.parent / "data" / "benchmark"), help="world and per-run results")
-    p.add_argument("--methods", nargs="+", choices=list(all_methods()), default=list(all_methods()), help="rows to run (default: all)")
+    p.add_argument("--methods", nargs="+", choices=list(all_methods()), default=None, help="rows to run (default: the profile's, else all)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=JSON", help="a config override for every run (repeatable)")
     p.add_argument("--validation_only", action="store_true", help="score no held-out image; report source-site validation Dice")
     p.add_argument("--held_out", nargs="+", default=None, help="run only these folds (checks; the report then covers only them)")
@@ -76,7 +76,8 @@ def main(argv: list[str] | None = None) -> int:
         f"{profile.workers} worker(s) x {profile.threads} thread(s); CLIP {args.clip_model}" + (f"; every run sets {sets}" if sets else ""))
     prep = runner.prepare(profile, bundle, args.clip_model, args.clip_weights, args.dictionary_path, args.cache_dir)
     known = all_methods()
-    methods = {m: known[m] for m in known if m in args.methods}
+    chosen = args.methods or profile.methods or [*METHODS, *ablation_rows(prep.configs_dir)]
+    methods = {m: known[m] for m in known if m in chosen}
     cells = [(m, profile.seeds_of(m.seeds)) for m in methods.values()]
     records = runner.run_grid(prep, cells, validation_only=args.validation_only, progress=say, held_out=tuple(args.held_out) if args.held_out else None)
     sites = tuple(args.held_out) if args.held_out else profile.sites

@@ -30,6 +30,7 @@ class Profile:
         epochs: training epochs of every method; the intervention comes on after ``round(0.2 * epochs)`` of them.
         workers: parallel worker processes (each runs whole runs with ``threads`` torch threads).
         overrides: extra ``--key value`` pairs for every run (e.g. a smaller decoder in the smoke profile).
+        methods: the rows run when ``--methods`` is not given (None: every row and ablation).
     """
 
     name: str
@@ -44,6 +45,7 @@ class Profile:
     workers: int = 2
     threads: int = 1
     overrides: tuple[tuple[str, object], ...] = ()
+    methods: tuple[str, ...] | None = None
 
     @property
     def causal_start(self) -> int:
@@ -73,10 +75,10 @@ class Profile:
 PROFILES: dict[str, Profile] = {
     "smoke": Profile(name="smoke", sites=("A", "B", "C"), n_per_site=8, image_size=96, val_fraction=0.25, world_seed=7, seeds=(0,),
                      epochs=2, workers=2, overrides=(("batch_size", 4),)),
-    "quick": Profile(name="quick", sites=("A", "B", "C", "D", "E", "F"), n_per_site=30, image_size=224, val_fraction=0.2, world_seed=2026,
-                     seeds=(0,), epochs=4, unet_seeds=(0,), workers=2),
-    "full": Profile(name="full", sites=("A", "B", "C", "D", "E", "F"), n_per_site=50, image_size=224, val_fraction=0.2, world_seed=2026,
-                    seeds=(0, 1, 2), epochs=5, unet_seeds=(0,), workers=2),
+    "quick": Profile(name="quick", sites=("A", "B", "C", "D", "E", "F"), n_per_site=24, image_size=224, val_fraction=0.2, world_seed=2026,
+                     seeds=(0,), epochs=3, unet_seeds=(0,), workers=2, methods=("baseline", "mcdrl")),
+    "full": Profile(name="full", sites=("A", "B", "C", "D", "E", "F"), n_per_site=36, image_size=224, val_fraction=0.2, world_seed=2026,
+                    seeds=(0, 1, 2), epochs=4, unet_seeds=(0,), workers=2),
 }
 
 

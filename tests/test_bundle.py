@@ -156,6 +156,22 @@ def test_metadata_versions_match_this_environment():
     assert meta["network_data_format"]["outputs"]["pred"]["channel_def"] == {"0": "background", "1": "lesion"}
 
 
+def test_metadata_package_versions_are_the_requirements_pins():
+    """required_packages_version names what requirements.txt pins, at the pinned and installed version."""
+    import re
+    from importlib import metadata
+
+    import mcdrl
+
+    meta = json.loads(Path(META).read_text())
+    repo = Path(META).resolve().parents[2]
+    pins = dict(re.findall(r"^([A-Za-z0-9_.-]+)==([^\s#]+)", (repo / "requirements.txt").read_text(), re.M))
+    for name, version in meta["required_packages_version"].items():
+        assert pins.get(name) == version, f"metadata.json says {name} {version}, requirements.txt pins {pins.get(name)}"
+        assert metadata.version(name) == version, f"{name}: installed {metadata.version(name)}, metadata.json {version}"
+    assert mcdrl.__version__ == meta["version"]
+
+
 # ---- bad input: one clear line naming the thing and the fix ----------------------------------------------------
 @pytest.mark.parametrize(
     "extra,expected",

@@ -129,3 +129,47 @@ def test_extra_training_scenes_leave_the_first_cases_and_their_split_unchanged(t
     assert len(big["training"]) == len(small["training"]) + 2 * 3 and big["extra_training_per_site"] == 3
     for e in small["training"]:
         assert (tmp_path / "s" / e["image"]).read_bytes() == (tmp_path / "b" / e["image"]).read_bytes()
+
+
+class _Unpicklable(torch.nn.Module):
+    """A real object torch.save cannot write (a lambda in its state): the save fails part-way."""
+
+    def state_dict(self, *args, **kwargs):
+        return {"weight": torch.ones(1000), "hook": lambda: 0}
+
+
+def _run_saver(save_dir, save_dict, scores):
+    from ignite.engine import Engine, Events
+
+    from mcdrl.engines.handlers import AtomicCheckpointSaver
+
+    engine = Engine(lambda e, b: None)
+    values = iter(scores)
+
+    @engine.on(Events.EPOCH_COMPLETED)
+    def _score(e):
+        e.state.key_metric_name = "dice"
+        e.state.metrics["dice"] = next(values)
+        for p in save_dict["model"].parameters():
+            p.data.fill_(e.state.epoch)  # each epoch's weights are recognisable
+
+    AtomicCheckpointSaver(save_dir=str(save_dir), save_dict=save_dict, save_key_metric=True, key_metric_filename="model.pt").attach(engine)
+    engine.run([0], max_epochs=len(scores))
+
+
+def test_the_model_saver_writes_model_pt_atomically_and_a_failed_save_keeps_the_old_one(tmp_path):
+    import monai
+
+    from mcdrl.engines.handlers import AtomicCheckpointSaver
+
+    assert issubclass(AtomicCheckpointSaver, monai.handlers.CheckpointSaver)  # the configs' isinstance checks still see it
+    net = torch.nn.Linear(2, 1)
+    _run_saver(tmp_path, {"model": net}, [0.1, 0.5, 0.3])  # the best is epoch 2
+    saved = torch.load(tmp_path / "model.pt", weights_only=True)
+    assert torch.equal(saved["weight"], torch.full((1, 2), 2.0))
+    before = (tmp_path / "model.pt").read_bytes()
+
+    with pytest.raises(Exception):
+        _run_saver(tmp_path, {"model": _Unpicklable()}, [0.9])
+    assert (tmp_path / "model.pt").read_bytes() == before  # not truncated, not removed
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.pt"]  # no temporary file left behind

@@ -120,7 +120,7 @@ def eval_sampler(dataset):
 
 
 #: handlers that only log or write files: rank 0 runs them, the other ranks leave them out
-_RANK_ZERO_TYPES = ("StatsHandler", "TensorBoardStatsHandler", "TensorBoardImageHandler", "CheckpointSaver", "MLFlowHandler", "ClearMLStatsHandler", "ClearMLImageHandler")
+_RANK_ZERO_TYPES = ("StatsHandler", "TensorBoardStatsHandler", "TensorBoardImageHandler", "CheckpointSaver", "AtomicCheckpointSaver", "MLFlowHandler", "ClearMLStatsHandler", "ClearMLImageHandler")
 
 
 def rank_zero_handlers(handlers):

@@ -1,6 +1,7 @@
-"""Ignite handlers: the intervention schedule and per-term loss logging.
+"""Ignite handlers: the intervention schedule, per-term loss logging, the time budget and an atomic model saver.
 
-Both attach to MONAI's ``SupervisedTrainer`` through ``train#handlers``; neither edits the trainer.
+They attach to MONAI's ``SupervisedTrainer`` / ``SupervisedEvaluator`` through ``train#handlers`` and
+``validate#handlers``; none edits the engines.
 """
 
 from __future__ import annotations
@@ -14,8 +15,10 @@ from pathlib import Path
 
 import torch.distributed as dist
 from ignite.engine import Engine, Events
+from ignite.handlers.checkpoint import BaseSaveHandler
+from monai.handlers import CheckpointSaver
 
-__all__ = ["InterventionSchedule", "LossTermsLogger", "TimeBudget", "unwrap"]
+__all__ = ["AtomicCheckpointSaver", "InterventionSchedule", "LossTermsLogger", "TimeBudget", "unwrap"]
 
 logger = logging.getLogger("mcdrl.train")
 
@@ -172,3 +175,45 @@ class TimeBudget:
         with atomic_path(self.record_file) as tmp:
             Path(tmp).write_text(json.dumps({"seconds": round(elapsed, 1), "epochs": self._epochs, "last_epoch": engine.state.epoch,
                                              "budget_s": self.seconds or None, "stopped_by_budget": self._stopped}, indent=1) + "\n")
+
+
+
+class _AtomicFileSaver(BaseSaveHandler):
+    """ignite save handler: ``torch.save`` to a temporary file beside the target, fsync, rename.
+
+    With a fixed ``filename`` (MONAI's ``model.pt``), ``remove`` is a no-op: ignite removes the old best *before* it
+    saves the new one, and the rename replaces it, so a crash in between can no longer leave no file at all.
+    """
+
+    def __init__(self, dirname, filename: str | None = None):
+        self.dirname = Path(dirname)
+        self.filename = filename
+
+    def __call__(self, checkpoint, filename: str, metadata=None) -> None:
+        if _rank() != 0:
+            return
+        from mcdrl.utils import atomic_torch_save
+
+        atomic_torch_save(checkpoint, self.dirname / (self.filename or filename))
+
+    def remove(self, filename: str) -> None:
+        if _rank() != 0 or self.filename is not None:
+            return
+        (self.dirname / filename).unlink(missing_ok=True)
+
+
+class AtomicCheckpointSaver(CheckpointSaver):
+    """MONAI's ``CheckpointSaver`` (same arguments), writing every file atomically.
+
+    MONAI's own saver writes ``model.pt`` in place (ignite's ``DiskSaver(atomic=False)``), so a run killed while
+    saving leaves a truncated ``model.pt``. This one writes a temporary file beside it and renames it over the old one
+    (:func:`mcdrl.utils.atomic_torch_save`): the file under the final name is always a whole checkpoint, the previous
+    best until the new one is complete. It is still a ``monai.handlers.CheckpointSaver`` for every ``isinstance`` check.
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        for ckpt in (self._final_checkpoint, self._key_metric_checkpoint, self._interval_checkpoint):
+            if ckpt is not None:
+                old = ckpt.save_handler
+                ckpt.save_handler = _AtomicFileSaver(old.dirname, getattr(old, "filename", None))

@@ -69,6 +69,41 @@ def test_evaluate_cli_writes_per_image_metrics_csv(trained_bundle, tiny_world):
     assert set(summary) == {"val_mean_dice", "val_mean_iou", "val_pixel_accuracy"}
 
 
+def test_evaluate_applies_the_stored_presence_decision(trained_bundle, tiny_world, tmp_path):
+    """evaluate.json scores what inference returns: the forward with the presence decision and the threshold stored in
+    model.pt (not the training validator's ungated logits, from which it chooses that threshold). On lesion-free
+    frames, a threshold above every lesion score empties every mask (Dice 1); threshold 0 leaves the model's own masks."""
+    import numpy as np
+    from PIL import Image
+
+    world = json.loads(Path(tiny_world["datalist"]).read_text())
+    data = tmp_path / "data"
+    (data / "empty").mkdir(parents=True)
+    entries = []
+    for i, e in enumerate(world["training"] + world["validation"]):
+        image = Path(tiny_world["data"]) / e["image"]
+        h, w = np.asarray(Image.open(image)).shape[:2]
+        Image.fromarray(np.zeros((h, w), np.uint8)).save(data / "empty" / f"{i}.png")
+        entries.append({**e, "image": str(image), "label": f"empty/{i}.png", "lesion_class": "none"})
+    (data / "datalist.json").write_text(json.dumps({"training": entries, "validation": entries}))
+    state = torch.load(trained_bundle["root"] / "models" / "model.pt", weights_only=True)
+    cfg = f"['{CONFIGS / 'train.json'}','{CONFIGS / 'evaluate.json'}']"
+
+    def dice_with_threshold(t: float) -> list[float]:
+        root = tmp_path / f"t{t}"
+        (root / "models").mkdir(parents=True)
+        torch.save({**state, "presence_threshold": torch.tensor(t)}, root / "models" / "model.pt")
+        overrides = {**tiny_train_overrides(tiny_world, root), "dataset_dir": str(data), "min_lesion_fraction": 0.0}
+        proc = bundle_cli(["run", "--config_file", cfg, "--meta_file", META, "--logging_file", LOGGING], trained_bundle["cwd"], overrides)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        rows = (root / "eval" / "val_mean_dice_raw.csv").read_text().strip().splitlines()[1:]
+        return [float(r.split(",")[-1]) for r in rows]
+
+    ungated = dice_with_threshold(0.0)
+    assert len(ungated) == len(entries) and min(ungated) < 1.0, "the control must predict a lesion somewhere"
+    assert dice_with_threshold(2.0) == [1.0] * len(entries)
+
+
 def test_inference_cli_writes_masks_matching_evaluator(trained_bundle, tiny_world, tmp_path):
     import numpy as np
     from PIL import Image

@@ -35,7 +35,7 @@ def test_compare_trains_a_unet_for_the_budget_and_scores_both(tiny_bundle, tmp_p
     data = tiny_bundle["world"]["datalist"]
     args = ["--bundle_root", str(tiny_bundle["root"]), "--budget_s", "12", "--datalist", str(data), "--heldout", str(data),
             "--heldout_split", "training", "--work_dir", str(tmp_path / "work"), "--out", str(tmp_path / "out"), *tiny_bundle["sets"],
-            "--max_epochs", "50", "--batch_size", "2"]
+            "--unet_epochs", "50", "--batch_size", "2"]
     proc = _run("mcdrl.evaluation.compare", args)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     doc = json.loads((tmp_path / "out" / "compare.json").read_text())
@@ -47,6 +47,24 @@ def test_compare_trains_a_unet_for_the_budget_and_scores_both(tiny_bundle, tmp_p
         assert held["lesion_images"] + held["lesion_free_images"] == 6
     md = (tmp_path / "out" / "compare.md").read_text()
     assert "| shipped MCDRL | held-out site | 6 |" in md and str(tmp_path) not in md + json.dumps(doc)
+
+
+def test_compare_gives_the_unet_as_many_epochs_as_fit_the_budget(tiny_bundle, tmp_path):
+    """Without --unet_epochs a timed 1-epoch run sets the UNet's schedule length, so its cosine ends within the budget."""
+    from mcdrl.evaluation.compare import unet_epochs_for
+
+    assert unet_epochs_for(100, 30) == 3 and unet_epochs_for(10, 30) == 1
+    data = tiny_bundle["world"]["datalist"]
+    args = ["--bundle_root", str(tiny_bundle["root"]), "--budget_s", "20", "--datalist", str(data), "--heldout", str(data),
+            "--work_dir", str(tmp_path / "work"), "--out", str(tmp_path / "out"), *tiny_bundle["sets"], "--batch_size", "2"]
+    proc = _run("mcdrl.evaluation.compare", args)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    unet = json.loads((tmp_path / "out" / "compare.json").read_text())["unet_training"]
+    assert (tmp_path / "work" / "timing" / "run" / "training_time.json").is_file()
+    assert unet["max_epochs"] == unet_epochs_for(20, unet["timed_epoch_s"]) and unet["epochs"] <= unet["max_epochs"]
+    assert "epoch(s) fit the 20 s budget" in proc.stdout
+    bad = _run("mcdrl.evaluation.compare", [*args, "--max_epochs", "3"])
+    assert bad.returncode != 0 and "--unet_epochs" in bad.stderr
 
 
 def test_robustness_report_scores_every_shift_and_a_new_site(tiny_bundle, tmp_path):

@@ -2,14 +2,15 @@
 
 It trains a MONAI UNet from scratch through the bundle's own trainer (``train.json`` + ``unet.json``: the same data,
 augmentation, schedule shape and model selection on source-site validation) for the wall time the shipped model's
-training took, then scores both, with the same post-processing, on the same source-site validation images and on
+training took (as many epochs as fit it, timed by a 1-epoch run, so that the UNet's cosine schedule ends within the
+budget), then scores both, with the same post-processing, on the same source-site validation images and on
 the held-out site::
 
     python -m mcdrl.evaluation.compare                      # budget from bundle/docs/results/demo_model.json
     python -m mcdrl.evaluation.compare --budget_s 1500 --heldout data/heldout_F/datalist.json
     python -m mcdrl.evaluation.compare --skip_training             # re-score the UNet of an earlier run
 
-Any other ``--key value`` goes to the UNet's training run (``--max_epochs 200``).
+Any other ``--key value`` goes to the UNet's training run (``--batch_size 16``); its epochs are ``--unet_epochs``.
 
 Writes ``compare.json`` and ``compare.md`` (into ``bundle/docs/results/`` by default); the UNet's run (log, weights)
 stays in ``--work_dir`` (git-ignored ``bundle/runs/compare``). Nothing here reads a held-out image while training.
@@ -33,12 +34,12 @@ from mcdrl.utils import atomic_path
 __all__ = ["main"]
 
 
-def _train_unet(configs: Path, bundle: Path, work: Path, budget_s: float, extra: list[str]) -> dict:
+def _train_unet(configs: Path, bundle: Path, work: Path, budget_s: float | None, extra: list[str]) -> dict:
     cmd = [sys.executable, "-m", "monai.bundle", "run", "training", "--config_file",
            str([str(configs / "train.json"), str(configs / "unet.json")]),
            "--meta_file", str(configs / "metadata.json"), "--logging_file", str(configs / "logging.conf"),
            "--bundle_root", str(bundle), "--ckpt_dir", str(work / "models"), "--output_dir", str(work / "run"),
-           "--resume", "false", "--time_budget_s", str(budget_s), *extra]
+           "--resume", "false", *(["--time_budget_s", str(budget_s)] if budget_s else []), *extra]
     work.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     with open(work / "train.log", "w") as log:
@@ -48,6 +49,11 @@ def _train_unet(configs: Path, bundle: Path, work: Path, budget_s: float, extra:
     record = json.loads((work / "run" / "training_time.json").read_text())
     record["process_s"] = round(time.perf_counter() - t0, 1)
     return record
+
+
+def unet_epochs_for(budget_s: float, epoch_s: float) -> int:
+    """How many epochs of ``epoch_s`` seconds (one measured epoch, validation included) fit in ``budget_s``: at least 1."""
+    return max(1, int(budget_s // max(epoch_s, 1e-9)))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -61,8 +67,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--work_dir", default=None, help="the UNet's run (default: <bundle_root>/runs/compare)")
     p.add_argument("--out", default=None, help="where compare.json/md go (default: <bundle_root>/docs/results)")
     p.add_argument("--skip_training", action="store_true", help="score the UNet already in --work_dir")
+    p.add_argument("--unet_epochs", type=int, default=None,
+                   help="the UNet's max_epochs (its cosine schedule's length); default: as many as fit the budget, from a timed 1-epoch run")
     p.add_argument("--set", action="append", default=[], metavar="KEY=JSON", help="a config value for both models (repeatable)")
     a, unet_overrides = p.parse_known_args(argv)  # anything else is passed to the UNet's training run (--key value)
+    if "--max_epochs" in unet_overrides:
+        p.error("the UNet's epochs are --unet_epochs (default: as many as fit the budget)")
     bundle = Path(a.bundle_root)
     repo = configs.parent.parent
     datalist = Path(a.datalist or repo / "data" / "synthetic" / "datalist.json")
@@ -77,8 +87,16 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"no --budget_s given and {record_file} has no training.seconds")
     unet_record = None
     if not a.skip_training:
-        extra = [x for k, v in sets.items() if k != "bundle_root" for x in (f"--{k}", v if isinstance(v, str) else json.dumps(v))]
-        unet_record = _train_unet(configs, bundle, work, float(budget), ["--dataset_dir", str(datalist.parent), *extra, *unet_overrides])
+        extra = ["--dataset_dir", str(datalist.parent),
+                 *[x for k, v in sets.items() if k != "bundle_root" for x in (f"--{k}", v if isinstance(v, str) else json.dumps(v))]]
+        epochs, epoch_s = a.unet_epochs, None
+        if epochs is None:  # the schedule must fit the budget: a cosine cut short by the budget never anneals
+            timing = _train_unet(configs, bundle, work / "timing", None, [*extra, *unet_overrides, "--max_epochs", "1"])
+            epoch_s = timing["seconds"]
+            epochs = unet_epochs_for(float(budget), epoch_s)
+            print(f"UNet: one epoch took {epoch_s:.0f} s; {epochs} epoch(s) fit the {float(budget):.0f} s budget", flush=True)
+        unet_record = _train_unet(configs, bundle, work, float(budget), [*extra, *unet_overrides, "--max_epochs", str(epochs)])
+        unet_record.update({"max_epochs": epochs, "timed_epoch_s": epoch_s})
     elif (work / "run" / "training_time.json").is_file():
         unet_record = json.loads((work / "run" / "training_time.json").read_text())
     images = {"validation (source sites)": load_labelled_images(datalist, "validation"),
@@ -102,7 +120,9 @@ def main(argv: list[str] | None = None) -> int:
     write_json(out / "compare.json", doc)
     lines = ["# Shipped MCDRL against a MONAI UNet trained for the same wall time", "",
              f"Generated by `{doc['command'].strip()}`; do not edit by hand. UNet budget {budget:.0f} s "
-             f"(the shipped model's training); the UNet ran {unet_record['epochs'] if unet_record else '?'} epochs.", "",
+             f"(the shipped model's training); the UNet ran {unet_record['epochs'] if unet_record else '?'} of "
+             f"{unet_record.get('max_epochs', '?') if unet_record else '?'} epochs in {unet_record['seconds'] if unet_record else '?'} s"
+             + (f" (one epoch timed at {unet_record['timed_epoch_s']:.0f} s)." if unet_record and unet_record.get("timed_epoch_s") else "."), "",
              "| model | set | images | Dice | IoU | Dice on lesion images | false alarms (lesion-free) | lesion sensitivity |", "|---|---|---|---|---|---|---|---|"]
     for name, per_set in results.items():
         for s, r in per_set.items():

@@ -27,9 +27,8 @@ import sys
 import time
 from pathlib import Path
 
-from mcdrl.evaluation.scoring import build_bundle_network, load_labelled_images, parse_sets, score_images, summarise, write_json
+from mcdrl.evaluation.scoring import build_bundle_network, load_labelled_images, parse_sets, score_images, summarise, write_json, write_report
 from mcdrl.paths import default_bundle_root, portable_command, repo_relative
-from mcdrl.utils import atomic_path
 
 __all__ = ["main"]
 
@@ -129,9 +128,7 @@ def main(argv: list[str] | None = None) -> int:
             fa = "-" if r["false_alarm_rate"] is None else f"{100 * r['false_alarm_rate']:.0f}% of {r['lesion_free_images']}"
             se = "-" if r["sensitivity"] is None else f"{100 * r['sensitivity']:.0f}% of {r['lesion_images']}"
             lines.append(f"| {name} | {s} | {r['n']} | {r['dice']:.3f} | {r['iou']:.3f} | {r['dice_lesion_images']:.3f} | {fa} | {se} |")
-    with atomic_path(out / "compare.md") as tmp:
-        Path(tmp).write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    write_report(out / "compare.md", lines)
     return 0
 
 

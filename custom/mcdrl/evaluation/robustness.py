@@ -27,9 +27,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageFilter
 
-from mcdrl.evaluation.scoring import build_bundle_network, load_labelled_images, parse_sets, score_images, summarise, write_json
+from mcdrl.evaluation.scoring import build_bundle_network, load_labelled_images, parse_sets, score_images, summarise, write_json, write_report
 from mcdrl.paths import default_bundle_root, portable_command
-from mcdrl.utils import atomic_path
 
 __all__ = ["NEW_SITE", "SHIFTS", "main", "new_site_images"]
 
@@ -163,9 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     lines += ["", f"Worst shift: {worst[0]} ({worst[1]['ratio_to_clean']:.2f} of clean; target >= 0.85).", "",
               f"New site G ({NEW_SITE.signature}; {site['n']} frames): Dice {site['dice']:.3f}, {site_doc['ratio_to_in_domain']:.2f} of in-domain "
               f"(target >= 0.90); false alarms {100 * (site['false_alarm_rate'] or 0):.0f}%, sensitivity {100 * (site['sensitivity'] or 0):.0f}%."]
-    with atomic_path(out / "robustness.md") as tmp:
-        Path(tmp).write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    write_report(out / "robustness.md", lines)
     return 0
 
 

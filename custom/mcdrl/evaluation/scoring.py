@@ -26,7 +26,7 @@ import torch
 from mcdrl.evaluation.metrics import per_image_metrics
 from mcdrl.transforms import LesionPostprocess
 
-__all__ = ["DETECTION_COVERAGE", "build_bundle_network", "load_labelled_images", "parse_sets", "score_images", "summarise", "write_json"]
+__all__ = ["DETECTION_COVERAGE", "build_bundle_network", "load_labelled_images", "parse_sets", "score_images", "summarise", "write_json", "write_report"]
 
 #: a lesion counts as detected when the predicted mask covers at least this fraction of its pixels
 DETECTION_COVERAGE = 0.1
@@ -142,6 +142,17 @@ def write_json(path: str | os.PathLike, doc: dict) -> Path:
     path = Path(path)
     with atomic_path(path) as tmp:
         Path(tmp).write_text(json.dumps(doc, indent=1) + "\n")
+    return path
+
+
+def write_report(path: str | os.PathLike, lines: list[str]) -> Path:
+    """Write a markdown report atomically and print it."""
+    from mcdrl.utils import atomic_path
+
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        Path(tmp).write_text("\n".join(lines) + "\n")
+    print("\n".join(lines), flush=True)
     return path
 
 

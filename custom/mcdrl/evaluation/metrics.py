@@ -7,6 +7,8 @@ truth with a non-empty prediction scores 0. HD95 is NaN when either mask is empt
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 from monai.metrics import CumulativeIterationMetric, DiceMetric, HausdorffDistanceMetric, MeanIoU
 from monai.metrics.utils import do_metric_reduction
@@ -51,7 +53,9 @@ def per_image_metrics(pred: torch.Tensor, label: torch.Tensor, spacing: tuple[fl
     iou = MeanIoU(include_background=False, ignore_empty=False)(p1, y1)
     acc = PixelAccuracyMetric()(p1, y1)
     if p.any() and y.any():
-        hd95 = float(HausdorffDistanceMetric(include_background=False, percentile=95)(p1, y1, spacing=spacing).item())
+        with warnings.catch_warnings():  # MONAI 1.6's HD95 calls its own get_mask_edges with a deprecated argument, per image
+            warnings.filterwarnings("ignore", message=".*always_return_as_numpy")
+            hd95 = float(HausdorffDistanceMetric(include_background=False, percentile=95)(p1, y1, spacing=spacing).item())
     else:
         hd95 = float("nan")
     return {"dice": float(dice.item()), "iou": float(iou.item()), "pixel_accuracy": float(acc.item()), "hd95": hd95}

@@ -207,6 +207,14 @@ def test_metadata_package_versions_are_the_requirements_pins():
     assert mcdrl.__version__ == meta["version"]
 
 
+def test_metadata_eval_metrics_are_the_shipped_models_measured_dice():
+    """eval_metrics restates results/demo_model.json (what make demo-results measured), to 4 decimals."""
+    meta = json.loads(Path(META).read_text())
+    record = json.loads((BUNDLE / "docs" / "results" / "demo_model.json").read_text())
+    assert meta["eval_metrics"] == {"mean_dice": round(float(record["train_sites"]["val_mean_dice"]), 4),
+                                    "heldout_site_F_mean_dice": round(float(record["heldout_F"]["val_mean_dice"]), 4)}
+
+
 # ---- bad input: one clear line naming the thing and the fix ----------------------------------------------------
 @pytest.mark.parametrize(
     "extra,expected",

@@ -182,7 +182,8 @@ def test_only_rank_zero_writes(ddp):
     rank0 = "\n".join(writes["rank0"])
     for expected in ("models/model.pt", "runs/train/loss_terms.jsonl", "checkpoint_epoch0001.pt", "checkpoint_epoch0002.pt", "checkpoint_epoch0003.pt"):
         assert f"{root}/{expected}" in rank0 or expected in rank0, f"rank 0 did not write {expected}"
-    assert "torch.save " + root + "/models/model.pt" in rank0  # the audit sees torch.save's C++ writer too
+    # model.pt is written to a temporary file beside it, then renamed over it (AtomicCheckpointSaver)
+    assert f"open {root}/models/.model.pt." in rank0 and f"os.rename {root}/models/model.pt" in rank0
 
 
 def test_loss_curve_matches_single_process_with_same_global_batch(ddp):

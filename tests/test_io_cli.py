@@ -17,6 +17,7 @@ from PIL import Image
 
 from conftest import BUNDLE, bundle_cli
 from mcdrl.io import LoadCase, discover
+from mcdrl.transforms import LesionPostprocess
 from test_io_helpers import EXPECTED, SECRET_ID, build_tiny_net, make_mixed_folder, rgb_frames, save_bundle_root, tiny_inference_overrides
 
 CONFIG = str(BUNDLE / "configs" / "inference.json")
@@ -45,10 +46,13 @@ def test_cli_on_a_mixed_folder_exits_1_and_writes_everything(setup):
     log = proc.stdout + proc.stderr
     assert all(f"[{i}/{len(EXPECTED)}]" in log for i in range(1, len(EXPECTED) + 1))  # one log line per case
     assert SECRET_ID not in log and "Doe" not in log
-    # the weights came from models/model.pt: the CLI's mask equals the in-process network's
+    # the weights came from models/model.pt: the CLI's mask equals the in-process network's, after the same
+    # post-processing (inference.json's min_lesion_fraction / keep_largest_lesion)
+    config = json.loads((BUNDLE / "configs" / "inference.json").read_text())
+    post = LesionPostprocess(config["min_lesion_fraction"], config["keep_largest_lesion"])
     x = LoadCase()(next(c for c in discover(folder / "photo0.png"))).frames
     with torch.inference_mode():
-        ref = setup["net"](x).argmax(1)[0].numpy()
+        ref = post(setup["net"](x).argmax(1)[0].numpy())
     assert np.array_equal(np.asarray(Image.open(out / "photo0_mask.png")), ref)
     assert json.loads((out / "summary.json").read_text(encoding="utf-8"))["batch_size"] == 8
 

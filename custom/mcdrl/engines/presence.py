@@ -33,6 +33,18 @@ __all__ = ["PresenceThresholdDice", "best_threshold", "scored_iteration"]
 logger = logging.getLogger("mcdrl.train")
 
 
+def _gather_uneven(rows: torch.Tensor) -> torch.Tensor:
+    """All ranks' (n_r, C) rows, concatenated in rank order, for shards of different lengths (the validation sampler
+    does not pad): (n_r, C) on each rank -> (sum n_r, C) on every rank. Collectives need equal shapes, so each rank
+    pads to the longest shard and the padding is cut off again."""
+    counts = idist.all_gather(torch.tensor([rows.shape[0]], dtype=torch.int64))
+    longest = int(counts.max())
+    padded = torch.full((longest, rows.shape[1]), float("nan"), dtype=rows.dtype)
+    padded[: rows.shape[0]] = rows
+    gathered = idist.all_gather(padded)
+    return torch.cat([gathered[r * longest: r * longest + int(n)] for r, n in enumerate(counts.tolist())])
+
+
 def scored_iteration(engine, batchdata: dict) -> dict:
     """``SupervisedEvaluator`` iteration that also records the lesion score (B,) as ``output["lesion_score"]``.
 
@@ -116,7 +128,7 @@ class PresenceThresholdDice(Metric):
     def compute(self) -> float:
         cols = torch.tensor([self._dice, self._empty, self._scores], dtype=torch.float64).reshape(3, -1)
         if idist.get_world_size() > 1:  # every rank chooses from all validation images (DDP validation is sharded)
-            cols = idist.all_gather(cols.t().contiguous()).t()
+            cols = _gather_uneven(cols.t().contiguous()).t()
         dice, empty, scores = cols[0].numpy(), cols[1].numpy().astype(bool), cols[2].numpy()
         if dice.size == 0:
             raise RuntimeError("PresenceThresholdDice needs at least one validation image")

@@ -88,7 +88,7 @@ def state_dict_digest(network) -> str:
     for k, v in sorted(state.items()):
         t = v.detach().cpu().contiguous()
         h.update(f"{k}|{t.dtype}|{tuple(t.shape)}|".encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")  # reshape: 0-dim buffers too
     return h.hexdigest()
 
 

@@ -152,7 +152,7 @@ def test_truncated_checkpoint_falls_back_to_previous(runs):
 
 
 @pytest.mark.parametrize("change, expected", [
-    ({"decoder_channels": [16, 4]}, r"head\.stages\.1\.conv\.weight: checkpoint shape/dtype \[\[8, 16, 3, 3\], 'float32'\], this network \[\[4, 16, 3, 3\]"),
+    ({"decoder_channels": [16, 4]}, r"head\.stages\.1\.conv\.weight: checkpoint shape/dtype \[\[8, 20, 3, 3\], 'float32'\], this network \[\[4, 20, 3, 3\]"),  # 16 + the 4 skip channels
     ({"intervention_heads": 4}, r"intervention\.layers\.0\.heads: checkpoint 2, this network 4"),  # same shapes, other config
 ])
 def test_checkpoint_of_another_network_is_refused(runs, tmp_path, change, expected):

@@ -57,9 +57,13 @@ def reference_eval_forward(net: MCDRLNet, x: torch.Tensor) -> torch.Tensor:
     xs = F.interpolate(x, size=[s, s], mode="bilinear", align_corners=False, antialias=True)
     tokens = net.backbone.forward_dense(xs)
     d = net.dictionary
+    if net.deconfounding == "all":  # the text-guided projection, where the network has it (inference.json: regions)
+        tokens = net.projection(tokens)
     idx, _ = net.selector(tokens, d.class_embeddings, d.background_embedding)
     gather_idx = idx.unsqueeze(-1).expand(-1, -1, tokens.shape[-1])
     f = torch.gather(tokens, 1, gather_idx)
+    if net.deconfounding == "regions":
+        f = net.projection(f)
     for layer in net.intervention.layers:
         f = reference_block(layer, f, d.confounders)
     tokens = tokens.scatter(1, gather_idx, f)
@@ -94,12 +98,18 @@ def test_one_pass_predict_with_confounders_equals_two_pass_reference(use_interve
     with torch.inference_mode():
         logits, weights = net.predict_with_confounders(x)
         ref = reference_eval_forward(net, x) if use_intervention else net(x)
+        assert net.deconfounding == "regions"  # the shipped scope: MTRS reads the raw tokens, the projection acts on f
         tokens = net.backbone.forward_dense(net._resize_in(x))
         idx, _ = net.selector(tokens, net.dictionary.class_embeddings, net.dictionary.background_embedding)
         f = torch.gather(tokens, 1, idx.unsqueeze(-1).expand(-1, -1, tokens.shape[-1]))
-        ref_w = net.intervention.confounder_weights(f, net.dictionary.confounders) if use_intervention else torch.full((3, 12), 1 / 12)
+        if use_intervention:  # attention of the de-confounded regions
+            ref_w = net.intervention.confounder_weights(net.projection(f), net.dictionary.confounders)
+        else:  # the confounders the regions (before the projection) resemble: softmax of cos(mean region, z_m) / tau
+            sim = torch.nn.functional.cosine_similarity(f.mean(1)[:, None], net.dictionary.confounders[None], dim=-1)
+            ref_w = torch.softmax(sim / net.tau, dim=-1)
     assert (logits - ref).abs().max().item() <= 1e-4
     assert weights.shape == (3, 12) and (weights - ref_w).abs().max().item() <= 1e-4
+    assert torch.allclose(weights.sum(-1), torch.ones(3)) and (weights.max(-1).values > weights.min(-1).values).all()
 
 
 def test_channels_last_head_equals_nchw_head_forward_and_backward():

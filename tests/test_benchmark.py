@@ -51,9 +51,15 @@ def test_a_part_the_shipped_recipe_leaves_off_is_measured_as_an_addition(tmp_pat
         (tmp_path / "train.json").write_text(json.dumps({**train, **keys}))
         return ablation_rows(tmp_path)
 
-    assert rows_with(lambda_counterfactual=0.0, deconfounding="none") == ["wo_mtrs", "wo_cdrl", "with_counterfactual", "with_text"]
-    assert rows_with(lambda_counterfactual=0.5, deconfounding="regions") == ["wo_mtrs", "wo_cdrl", "wo_counterfactual", "wo_text"]
-    assert set(ADDITIONS) == {"with_counterfactual", "with_text"} and all(m.overrides for m in ADDITIONS.values())
+    def intervention(on: bool) -> dict:
+        return {"displayable_configs": {**train["displayable_configs"], "use_intervention": on}, "lambda_causal": 0.5 if on else 0.0}
+
+    assert rows_with(**intervention(True), lambda_counterfactual=0.0, deconfounding="none") == ["wo_mtrs", "wo_cdrl", "with_counterfactual", "with_text"]
+    assert rows_with(**intervention(False), lambda_counterfactual=0.5, deconfounding="regions") == ["wo_mtrs", "with_cdrl", "wo_counterfactual", "wo_text"]
+    assert rows_with(**intervention(True), lambda_counterfactual=0.5, deconfounding="regions") == ["wo_mtrs", "wo_cdrl", "wo_counterfactual", "wo_text"]
+    assert set(ADDITIONS) == {"with_cdrl", "with_counterfactual", "with_text"} and all(m.overrides for m in ADDITIONS.values())
+    # the shipped configuration: the paper's intervention is measured as an addition, the text-guided step as an ablation
+    assert ablation_rows(CONFIGS) == ["wo_mtrs", "with_cdrl", "with_counterfactual", "wo_text"]
 
 
 def test_every_run_of_a_profile_gets_the_same_budget(tmp_path):

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import BUNDLE, TINY_OVERRIDES, bundle_cli, tiny_train_overrides
+from conftest import BUNDLE, INTERVENTION_ON, TINY_OVERRIDES, bundle_cli, tiny_train_overrides
 
 CONFIGS = BUNDLE / "configs"
 META = str(CONFIGS / "metadata.json")
@@ -21,7 +21,7 @@ def trained_bundle(tiny_world, tmp_path_factory):
     """A bundle_root with models/model.pt from a real 3-epoch CLI training run, started from a foreign cwd."""
     root = tmp_path_factory.mktemp("bundle_root")
     cwd = tmp_path_factory.mktemp("elsewhere")
-    overrides = tiny_train_overrides(tiny_world, root, max_epochs=3, causal_start_epoch=2)
+    overrides = tiny_train_overrides(tiny_world, root, max_epochs=3, causal_start_epoch=2, **INTERVENTION_ON)
     proc = bundle_cli(["run", "training", "--config_file", str(CONFIGS / "train.json"), "--meta_file", META, "--logging_file", LOGGING], cwd, overrides)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return {"root": root, "log": proc.stdout + proc.stderr, "cwd": cwd}

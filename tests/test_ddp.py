@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import PYTHON, REPO, make_tiny_dataset, tiny_train_overrides
+from conftest import INTERVENTION_ON, PYTHON, REPO, make_tiny_dataset, tiny_train_overrides
 
 CONFIGS = "['{}','{}']".format(REPO / "bundle" / "configs" / "train.json", REPO / "bundle" / "configs" / "multi_gpu_train.json")
 TORCHRUN = [PYTHON, "-m", "torch.distributed.run"]
@@ -110,7 +110,7 @@ def ddp(tiny_world, tmp_path_factory):
     roots = {k: tmp / k for k in ("ddp", "single", "norank", "rdzv", "uneven")}
     for r in roots.values():
         r.mkdir()
-    common = dict(max_epochs=EPOCHS, causal_start_epoch=1)
+    common = dict(max_epochs=EPOCHS, causal_start_epoch=1, **INTERVENTION_ON)
     torchrun2 = [*TORCHRUN, "--standalone", "--nnodes=1", "--nproc_per_node=2", "-m", "monai.bundle", "run", "training", "--config_file", CONFIGS]
     same_batches = {  # the single-process run draws the same global batches: one DistributedSampler permutation, batch 2 x 2
         "train#dataloader#sampler": "$mcdrl.engines.distributed.train_sampler(@train#dataset, seed=@seed)",

@@ -65,6 +65,13 @@ def test_compare_gives_the_unet_as_many_epochs_as_fit_the_budget(tiny_bundle, tm
     assert "epoch(s) fit the 20 s budget" in proc.stdout
     bad = _run("mcdrl.evaluation.compare", [*args, "--max_epochs", "3"])
     assert bad.returncode != 0 and "--unet_epochs" in bad.stderr
+    # --skip_training re-scores that UNet run; the report says it was reused and whether its epochs fit the new budget
+    for budget, verdict in (("20", "is the run this budget gives"), ("100000", "retrain it")):
+        again = _run("mcdrl.evaluation.compare", [*args, "--budget_s", budget, "--skip_training"])  # the later --budget_s wins
+        assert again.returncode == 0, again.stdout[-2000:] + again.stderr[-3000:]
+        reused = json.loads((tmp_path / "out" / "compare.json").read_text())["unet_training"]
+        assert reused["seconds"] == unet["seconds"] and reused["max_epochs"] == unet["max_epochs"]
+        assert "reused (--skip_training)" in reused["reused"] and verdict in (tmp_path / "out" / "compare.md").read_text()
 
 
 def test_robustness_report_scores_every_shift_and_a_new_site(tiny_bundle, tmp_path):

@@ -166,7 +166,7 @@ def test_inference_json_alone_serves_like_monailabel(tiny_world, tmp_path):
     shutil.copy(tmp_path / "studies" / "case0.png", image)
 
     parser = infer_parser(bundle)
-    assert parser.get_parsed_content("displayable_configs") == {"alpha": 0.5, "use_intervention": True}
+    assert parser.get_parsed_content("displayable_configs") == {"alpha": 0.5, "use_intervention": False}  # as shipped
     net = parser.get_parsed_content("network_def").eval()  # instantiated once, like the server
     net.load_state_dict(torch.load(bundle / "models" / "model.pt", weights_only=True))
     pre = parser.get_parsed_content("preprocessing")
@@ -550,9 +550,9 @@ def test_server_lists_our_model(server):
     info = json.loads(body)
     model = info["models"][MODEL]
     assert model["labels"] == {"lesion": 1} and model["dimension"] == 2 and model["type"] == "segmentation"
-    assert {"alpha": 0.5, "use_intervention": True}.items() <= model["config"].items()
+    assert {"alpha": 0.5, "use_intervention": False}.items() <= model["config"].items()
     assert model["config"]["model_filename"] == ["model.pt"]
-    assert {"alpha": 0.5, "use_intervention": True, "causal_start_epoch": 0}.items() <= info["trainers"][MODEL]["config"].items()
+    assert {"alpha": 0.5, "use_intervention": False, "causal_start_epoch": 0}.items() <= info["trainers"][MODEL]["config"].items()
     version = json.loads((BUNDLE / "configs" / "metadata.json").read_text())["version"]
     assert model["version"] == info["trainers"][MODEL]["version"] == version
     card = (BUNDLE / "docs" / "README.md").read_text()
@@ -668,7 +668,7 @@ def _train(server: Server, timeout: float = 300, **params) -> dict:
 #: What 3D Slicer sends (MONAILabel.py getParamsFromConfig): every option of the trainer's panel as shown, lists as
 #: the chosen item, text fields as strings, the bundle's displayable options included; its run_id field is empty.
 SLICER_TRAIN_PARAMS = {"device": "cpu", "pretrained": True, "max_epochs": 1, "val_split": 0.25, "multi_gpu": True, "gpus": "all", "tracking": "None",
-                       "tracking_uri": "", "tracking_experiment_name": "", "run_id": "", "model_filename": "model.pt", "alpha": 0.5, "use_intervention": True,
+                       "tracking_uri": "", "tracking_experiment_name": "", "run_id": "", "model_filename": "model.pt", "alpha": 0.5, "use_intervention": False,
                        "causal_start_epoch": 0}
 #: What a curl user may send: MONAI Label alone fails this with KeyError 'alpha'; the app fills in the defaults.
 MINIMAL_TRAIN_PARAMS = {"max_epochs": 1, "val_split": 0.25}

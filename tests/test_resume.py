@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import PYTHON, REPO, make_tiny_dataset, tiny_train_overrides
+from conftest import INTERVENTION_ON, PYTHON, REPO, make_tiny_dataset, tiny_train_overrides
 
 TRAIN = str(REPO / "bundle" / "configs" / "train.json")
 EPOCHS = 3
@@ -69,7 +69,7 @@ def runs(tiny_world, tmp_path_factory):
     roots = {name: tmp / name for name in ("ref", "killed", "det_a", "det_b")}
     for r in roots.values():
         r.mkdir()
-    base = dict(dataset_dir=str(data), max_epochs=EPOCHS, causal_start_epoch=1)  # intervention switches on at epoch 2
+    base = dict(dataset_dir=str(data), max_epochs=EPOCHS, causal_start_epoch=1, **INTERVENTION_ON)  # intervention switches on at epoch 2
     t0 = time.time()
     procs = {
         "ref": _start(tiny_train_overrides(tiny_world, roots["ref"], **base), tmp / "ref.log"),

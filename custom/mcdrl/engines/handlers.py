@@ -68,7 +68,7 @@ class InterventionSchedule:
         active = engine.state.epoch > self.start_epoch
         if active != net.intervention_active or engine.state.epoch == 1:
             logger.info("epoch %d: causal intervention %s%s", engine.state.epoch, "ON" if active else "OFF",
-                        "" if net.use_intervention else " (disabled by use_intervention=false)")
+                        "" if net.use_intervention else " in the schedule, never applied (use_intervention=false)")
         net.intervention_active = active
         if self.select_after_start and self.start_epoch > 0 and engine.state.epoch == self.start_epoch + 1:
             self.reset_selection()
@@ -82,7 +82,9 @@ class InterventionSchedule:
             ckpt = getattr(saver, "_key_metric_checkpoint", None)
             if ckpt is not None:
                 ckpt._saved = []  # ignite keeps the n best here; empty -> the next score is saved (same file name)
-        logger.info("model selection restarts now that the intervention is on (select_after_causal_start)")
+        logger.info("model selection restarts now that the intervention is on (select_after_causal_start)"
+                    if getattr(unwrap(self.network), "use_intervention", True) else
+                    "model selection restarts at causal_start_epoch (select_after_causal_start; the intervention itself is off)")
 
 
 class LossTermsLogger:

@@ -206,8 +206,12 @@ class MCDRLNet(nn.Module):
     @torch.no_grad()
     def predict_with_confounders(self, x: torch.Tensor, with_score: bool = False) -> tuple[torch.Tensor, ...]:
         """What the folder runner reports, from one pass: eval logits after the presence decision (B, 2, H, W) (== forward),
-        the intervention's attention over the M confounders (B, M), averaged over heads and selected regions (uniform
-        1/M when the intervention is off), and with ``with_score`` the image-level lesion score (B,)."""
+        which confounders the selected regions carry (B, M), and with ``with_score`` the image-level lesion score (B,).
+
+        The confounder reading is the intervention's attention over the M confounders, averaged over heads and
+        selected regions; with the intervention off (the shipped configuration), it is
+        softmax_m(cos(mean of the selected regions before any projection, z_m) / tau): the confounders those regions
+        resemble most, which is what the text-guided projection removes."""
         size = x.shape[-2:]
         xs = self._resize_in(x)
         tokens, pooled = self.backbone.forward_tokens(xs)
@@ -223,11 +227,18 @@ class MCDRLNet(nn.Module):
             f, weights = self.intervention.forward_with_weights(f, z.to(tokens.dtype))
             tokens = tokens.scatter(1, gather_idx, f)
         else:
-            tokens, _, _ = self._regions(tokens)
-            weights = torch.full((x.shape[0], z.shape[0]), 1.0 / z.shape[0], device=x.device)
+            raw = tokens
+            tokens, _, idx = self._regions(tokens)
+            weights = self.confounder_resemblance(raw, idx)
         score = self.lesion_score(pooled)
         logits = self.gate(self._decode(tokens, size, xs), score)
         return (logits, weights, score) if with_score else (logits, weights)
+
+    def confounder_resemblance(self, tokens: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        """softmax over the dictionary of cos(mean of the tokens at ``idx``, z_m) / tau: (B, L, d), (B, N) -> (B, M)."""
+        f = torch.gather(tokens, 1, idx.unsqueeze(-1).expand(-1, -1, tokens.shape[-1])).mean(dim=1)
+        z = self.dictionary.confounders.to(f.dtype)
+        return torch.softmax(F.normalize(f, dim=-1) @ F.normalize(z, dim=-1).t() / self.tau, dim=-1)
 
     @property
     def confounder_names(self) -> list[str]:

@@ -24,7 +24,7 @@ wo_text              train.json                                  ``deconfounding
 
 The ablations are taken from the shipped configuration (each turns one part off). A part the shipped configuration
 does not use (its ablation would be ``mcdrl`` itself) is measured the other way round, as an addition to the shipped
-configuration (``with_counterfactual``, ``with_text``: the part switched on), so that every part still gets a row;
+configuration (``with_cdrl``, ``with_counterfactual``, ``with_text``: the part switched on), so that every part still gets a row;
 :func:`ablation_rows` makes that choice from ``train.json``.
 """
 
@@ -87,10 +87,12 @@ ADDITIONS: dict[str, Method] = {m.name: m for m in [
            overrides={"lambda_counterfactual": 0.5}, kind="ablation"),
     Method("with_text", "shipped MCDRL plus the text-guided de-confounding projection on every position (deconfounding all)",
            overrides={"deconfounding": "all"}, kind="ablation"),
+    Method("with_cdrl", "shipped MCDRL plus the paper's causal intervention (CDRL: 3 cross-attention layers from the MTRS "
+           "regions to the confounder dictionary, L_causal 0.5)", overrides={"use_intervention": True, "lambda_causal": 0.5}, kind="ablation"),
 ]}
 
 #: each ablation and the addition that replaces it when the shipped configuration does not use the part
-_PAIRS = {"wo_counterfactual": "with_counterfactual", "wo_text": "with_text"}
+_PAIRS = {"wo_cdrl": "with_cdrl", "wo_counterfactual": "with_counterfactual", "wo_text": "with_text"}
 
 
 def all_methods() -> dict[str, Method]:

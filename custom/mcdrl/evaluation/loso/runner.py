@@ -58,7 +58,9 @@ def prepare(profile: Profile, bundle_root, clip_model: str, clip_weights, dictio
     timings = {"world_s": round(time.perf_counter() - t, 1)}
     weights = resolve_weights(clip_weights)
     configs_dir = bundle_root / "configs"
-    configs = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(configs_dir.glob("*.json"))}
+    # every config a run reads; the bundle's metadata (changelog, reported metrics) does not change a run
+    configs = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(configs_dir.glob("*.json"))
+               if not p.name.startswith("metadata")}
     identity = {k: v for k, v in asdict(profile).items() if k not in ("workers", "threads", "seeds", "unet_seeds")}
     fingerprint = hashlib.sha256(json.dumps([identity, clip_model, weights_sha256(weights), _sha(dictionary_path), configs],
                                             sort_keys=True, default=str).encode()).hexdigest()[:10]

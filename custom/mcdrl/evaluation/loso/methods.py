@@ -74,7 +74,8 @@ METHODS: dict[str, Method] = {m.name: m for m in [
 ]}
 
 ABLATIONS: dict[str, Method] = {m.name: m for m in [
-    Method("wo_mtrs", "shipped MCDRL without MTRS (alpha = 1: every position goes through the intervention)", overrides={"alpha": 1.0}, kind="ablation"),
+    Method("wo_mtrs", "shipped MCDRL without MTRS (alpha = 1: every position is a selected region, for the projection or "
+           "intervention and for the region embedding of L_contrast)", overrides={"alpha": 1.0}, kind="ablation"),
     Method("wo_cdrl", "shipped MCDRL without CDRL (no intervention, no L_causal)", overrides={"use_intervention": False, "lambda_causal": 0.0}, kind="ablation"),
     Method("wo_counterfactual", "shipped MCDRL without the counterfactual consistency term", overrides={"lambda_counterfactual": 0.0}, kind="ablation"),
     Method("wo_text", "shipped MCDRL without the text-guided de-confounding projection", overrides={"deconfounding": "none"}, kind="ablation"),

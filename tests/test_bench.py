@@ -88,22 +88,23 @@ def test_optimised_eval_forward_equals_reference_path(size):
     assert (out - without).abs().max().item() > 1e-3  # the intervention really contributes: the test is not vacuous
 
 
+@pytest.mark.parametrize("deconfounding", [None, "regions"])  # None: the shipped scope (inference.json)
 @pytest.mark.parametrize("use_intervention", [True, False])
-def test_one_pass_predict_with_confounders_equals_two_pass_reference(use_intervention):
+def test_one_pass_predict_with_confounders_equals_two_pass_reference(use_intervention, deconfounding):
     """predict_with_confounders runs the intervention once; it must equal the eval forward and the weights read by
     a separate confounder_weights pass (the unoptimised path)."""
-    net = build_network(TINY, heads=2, decoder_channels=(16, 8), use_intervention=use_intervention)
+    net = build_network(TINY, heads=2, decoder_channels=(16, 8), use_intervention=use_intervention, deconfounding=deconfounding)
+    assert net.deconfounding == (deconfounding or json.loads((REPO / "bundle/configs/inference.json").read_text())["deconfounding"])
     randomise_linears(net.intervention)
     x = torch.rand(3, 3, 72, 64, generator=torch.Generator().manual_seed(2))
     with torch.inference_mode():
         logits, weights = net.predict_with_confounders(x)
         ref = reference_eval_forward(net, x) if use_intervention else net(x)
-        assert net.deconfounding == "regions"  # the shipped scope: MTRS reads the raw tokens, the projection acts on f
         tokens = net.backbone.forward_dense(net._resize_in(x))
         idx, _ = net.selector(tokens, net.dictionary.class_embeddings, net.dictionary.background_embedding)
         f = torch.gather(tokens, 1, idx.unsqueeze(-1).expand(-1, -1, tokens.shape[-1]))
-        if use_intervention:  # attention of the de-confounded regions
-            ref_w = net.intervention.confounder_weights(net.projection(f), net.dictionary.confounders)
+        if use_intervention:  # attention of the (de-confounded, under "regions": MTRS reads the raw tokens) regions
+            ref_w = net.intervention.confounder_weights(net.projection(f) if net.deconfounding == "regions" else f, net.dictionary.confounders)
         else:  # the confounders the regions (before the projection) resemble: softmax of cos(mean region, z_m) / tau
             sim = torch.nn.functional.cosine_similarity(f.mean(1)[:, None], net.dictionary.confounders[None], dim=-1)
             ref_w = torch.softmax(sim / net.tau, dim=-1)

@@ -20,7 +20,7 @@ from mcdrl.errors import InputFileError
 from mcdrl.evaluation.loso.methods import ABLATIONS, ADDITIONS, CAUSAL_OFF, METHODS, ablation_rows, all_methods
 from mcdrl.evaluation.loso.profiles import get_profile
 from mcdrl.evaluation.loso.run import run_one, run_overrides
-from mcdrl.evaluation.loso.runner import prepare
+from mcdrl.evaluation.loso.runner import prepare, run_id
 
 CONFIGS = REPO / "bundle" / "configs"
 #: the tiny CLIP's sizes, for every run of these tests
@@ -58,8 +58,36 @@ def test_a_part_the_shipped_recipe_leaves_off_is_measured_as_an_addition(tmp_pat
     assert rows_with(**intervention(False), lambda_counterfactual=0.5, deconfounding="regions") == ["wo_mtrs", "with_cdrl", "wo_counterfactual", "wo_text"]
     assert rows_with(**intervention(True), lambda_counterfactual=0.5, deconfounding="regions") == ["wo_mtrs", "wo_cdrl", "wo_counterfactual", "wo_text"]
     assert set(ADDITIONS) == {"with_cdrl", "with_counterfactual", "with_text"} and all(m.overrides for m in ADDITIONS.values())
-    # the shipped configuration: the paper's intervention is measured as an addition, the text-guided step as an ablation
-    assert ablation_rows(CONFIGS) == ["wo_mtrs", "with_cdrl", "with_counterfactual", "wo_text"]
+    # the shipped configuration uses no causal part: each is measured as an addition
+    assert ablation_rows(CONFIGS) == ["wo_mtrs", "with_cdrl", "with_counterfactual", "with_text"]
+
+
+def test_a_run_is_identified_by_the_configuration_it_trains(tmp_path):
+    """Rows that train the same configuration share runs, whichever files or overrides set it; a config edit changes
+    the ids of exactly the runs whose configuration it changes; the metadata is not part of any run."""
+    for name in ("train.json", "paper.json", "unet.json", "metadata.json"):
+        (tmp_path / name).write_text((CONFIGS / name).read_text())
+    train = json.loads((CONFIGS / "train.json").read_text())
+    methods = all_methods()
+
+    def ids(configs) -> dict:
+        return {n: run_id(m, "C", 1, False, configs) for n, m in methods.items()}
+
+    before = ids(tmp_path)
+    assert before == ids(CONFIGS)  # the folder's path is not part of an id
+    assert len({before[n] for n in ("baseline", "mcdrl", "wo_cdrl", "wo_counterfactual", "wo_text")}) == 1  # train.json has the causal parts off
+    assert len(set(before.values())) == len(methods) - 4
+    assert run_id(methods["mcdrl"], "C", 2, False, tmp_path) != before["mcdrl"] != run_id(methods["mcdrl"], "D", 1, False, tmp_path)
+    assert run_id(methods["mcdrl"], "C", 1, True, tmp_path) != before["mcdrl"]  # validation-only runs are other runs
+
+    (tmp_path / "metadata.json").write_text("{}")
+    assert ids(tmp_path) == before
+    (tmp_path / "train.json").write_text(json.dumps({**train, "deconfounding": "regions"}))
+    after = ids(tmp_path)
+    assert after["mcdrl"] == before["with_text"]  # shipping the projection: its runs are the with_text row's
+    assert after["baseline"] == before["baseline"] and after["paper_mcdrl"] == before["paper_mcdrl"]  # they set deconfounding none themselves
+    assert after["paper_baseline"] == before["paper_baseline"]
+    assert after["unet"] != before["unet"] and after["wo_mtrs"] != before["wo_mtrs"]  # a key of their train.json changed
 
 
 def test_every_run_of_a_profile_gets_the_same_budget(tmp_path):
@@ -139,11 +167,34 @@ def test_smoke_profile_end_to_end(tiny_world, tmp_path):
     assert all(f"| {n} |" in md for n in SMOKE_METHODS) and "Target check" in md and "do not edit by hand" in md
     assert str(tmp_path) not in (out / "loso.json").read_text() + md  # paths outside the repository: names only
     assert (out / "loso.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    distinct = len(prof.sites) * len({m for m in SMOKE_METHODS if not doc["methods"][m]["same_runs_as"]})
+    assert doc["meta"]["runs"]["distinct"] == doc["meta"]["runs"]["computed"] == distinct and doc["meta"]["runs"]["reused"] == 0
     again = _run_cli(args[:args.index("--out")] + ["--out", str(tmp_path / "again")] + args[args.index("--out") + 2:])
     assert again.returncode == 0, again.stderr[-3000:]
     assert "runs reused" in again.stdout
     doc2 = json.loads((tmp_path / "again" / "loso.json").read_text())
     assert {k: v["dice_mean"] for k, v in doc2["methods"].items()} == {k: v["dice_mean"] for k, v in doc["methods"].items()}
+    assert doc2["meta"]["runs"]["reused"] == distinct and doc2["meta"]["runs"]["computed"] == 0  # the report says so
+    assert f"of the {distinct} distinct runs, 0 were computed by this invocation" in (tmp_path / "again" / "loso.md").read_text()
+
+
+def test_the_report_names_rows_whose_results_equal_another_rows():
+    """Two configurations that train the same network (e.g. alpha where nothing reads the regions) give the same
+    results; the report says so rather than presenting the row as a measurement of the part."""
+    from mcdrl.evaluation.loso.cli import _run_counts
+    from mcdrl.evaluation.loso.report import _identical_results
+
+    def rec(method, site, seed, dice, reused=False, same=None):
+        return {"method": method, "held_out": site, "seed": seed, "source_validation_dice": 0.5, "rows": [{"id": "x", "dice": dice}],
+                "same_runs_as": same, "reused": reused, "wall_s": 60.0}
+
+    by = {"baseline": [rec("baseline", "A", 0, 0.3), rec("baseline", "B", 0, 0.4)],
+          "mcdrl": [rec("mcdrl", "A", 0, 0.3, same="baseline"), rec("mcdrl", "B", 0, 0.4, same="baseline")],
+          "wo_mtrs": [rec("wo_mtrs", "B", 0, 0.4, reused=True), rec("wo_mtrs", "A", 0, 0.3, reused=True)],
+          "with_text": [rec("with_text", "A", 0, 0.3), rec("with_text", "B", 0, 0.41)]}
+    assert _identical_results(by) == {"wo_mtrs": "baseline"}  # mcdrl shares the runs (said elsewhere); with_text differs at B
+    counts = _run_counts([r for recs in by.values() for r in recs])
+    assert counts == {"distinct": 6, "computed": 4, "reused": 2, "computed_run_minutes": 4.0, "reused_run_minutes": 2.0}
 
 
 def test_validation_only_scores_no_heldout_image(tiny_world, tmp_path):

@@ -94,6 +94,7 @@ def main(argv: list[str] | None = None) -> int:
         "cpu_count": os.cpu_count(), "workers": profile.workers, "threads": profile.threads, "torch": torch.__version__,
         "budget_notes": profile.budget_notes() + _frozen_notes(methods),
         "note_on_reuse": "runs already present in the cache are reused; wall_time covers only what this invocation computed",
+        "runs": _run_counts(records),
     }
     doc = report.write_report(Path(args.out), records, methods, sites, meta, stem=args.stem)
     for name, m in doc["methods"].items():
@@ -108,6 +109,15 @@ def main(argv: list[str] | None = None) -> int:
             f"seed std {t['seed_std_points']:.1f}")
     say(f"wrote {repo_relative(Path(args.out) / (args.stem + '.md'), repo)} in {wall / 60:.1f} min")
     return 0
+
+
+def _run_counts(records: list[dict]) -> dict:
+    """Distinct runs of the grid (rows sharing runs count once), how many this invocation computed and how many it
+    reused from the cache, and the run time of each group (minutes, as the runs logged it; workers run in parallel)."""
+    distinct = [r for r in records if not r.get("same_runs_as")]
+    groups = {"computed": [r for r in distinct if not r.get("reused")], "reused": [r for r in distinct if r.get("reused")]}
+    return {"distinct": len(distinct), **{k: len(v) for k, v in groups.items()},
+            **{f"{k}_run_minutes": round(sum(r["wall_s"] for r in v) / 60, 1) for k, v in groups.items()}}
 
 
 def _frozen_notes(methods: dict[str, Method]) -> list[str]:

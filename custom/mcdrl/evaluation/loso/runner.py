@@ -2,8 +2,11 @@
 
 Each finished run is written atomically to ``<cache_dir>/runs/<profile>-<fingerprint>/<run id>.json``; a rerun of
 the command skips runs whose file exists, so an interrupted benchmark resumes where it stopped (it can run in the
-background). The fingerprint covers the profile, the CLIP weights, the dictionary and the bundle's configs, so
-changing any of them starts afresh. Runs execute in ``workers`` spawned processes with ``threads`` torch threads.
+background). The grid's fingerprint covers the profile, the CLIP weights and the dictionary; a run's id is the digest
+of the configuration it trains (:func:`run_config`: ``train.json``, the method's files, its overrides), with the
+held-out site and the seed. Changing a config therefore re-runs exactly the runs whose configuration it changes,
+and two rows that train the same configuration (from any files) share their runs. Runs execute in ``workers``
+spawned processes with ``threads`` torch threads.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from .methods import Method
 from .profiles import Profile
 from .world import ensure_world
 
-__all__ = ["Prepared", "prepare", "run_grid", "run_id"]
+__all__ = ["Prepared", "effective_key", "prepare", "run_config", "run_grid", "run_id"]
 
 logger = logging.getLogger(__name__)
 
@@ -58,11 +61,9 @@ def prepare(profile: Profile, bundle_root, clip_model: str, clip_weights, dictio
     timings = {"world_s": round(time.perf_counter() - t, 1)}
     weights = resolve_weights(clip_weights)
     configs_dir = bundle_root / "configs"
-    # every config a run reads; the bundle's metadata (changelog, reported metrics) does not change a run
-    configs = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(configs_dir.glob("*.json"))
-               if not p.name.startswith("metadata")}
+    # the configs are part of each run's id (run_config), not of the grid's
     identity = {k: v for k, v in asdict(profile).items() if k not in ("workers", "threads", "seeds", "unet_seeds")}
-    fingerprint = hashlib.sha256(json.dumps([identity, clip_model, weights_sha256(weights), _sha(dictionary_path), configs],
+    fingerprint = hashlib.sha256(json.dumps([identity, clip_model, weights_sha256(weights), _sha(dictionary_path)],
                                             sort_keys=True, default=str).encode()).hexdigest()[:10]
     work_dir = cache_dir / "runs" / f"{profile.name}-{fingerprint}"
     work_dir.mkdir(parents=True, exist_ok=True)
@@ -89,9 +90,25 @@ def effective_key(method: Method, configs_dir: str | os.PathLike) -> dict:
     return {"files": list(method.files), "overrides": changed}
 
 
+def run_config(method: Method, configs_dir: str | os.PathLike) -> dict:
+    """The configuration ``method``'s runs train, unparsed: ``train.json``, then the method's files, then the overrides
+    of :func:`effective_key` (the run's per-run keys, such as the held-out site, the seed and the profile's budget,
+    come on top and are the same for every method). Every config a run reads is one of those files (``run_one``
+    trains and scores with them and nothing else), so this is what a run's result depends on besides the profile,
+    the CLIP and the dictionary; the bundle's metadata (changelog, reported metrics) is not part of it."""
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config([str(Path(configs_dir) / "train.json")] + [str(Path(configs_dir) / f) for f in method.files])
+    for k, v in effective_key(method, configs_dir)["overrides"].items():
+        parser[k] = v
+    return parser.get()
+
+
 def run_id(method: Method, held_out: str, seed: int, validation_only: bool, configs_dir: str | os.PathLike) -> str:
-    """``<config digest>-<held-out site>-s<seed>``: the digest of :func:`effective_key`, so identical configurations share runs."""
-    digest = hashlib.sha256(json.dumps(effective_key(method, configs_dir), sort_keys=True, default=str).encode()).hexdigest()[:10]
+    """``<config digest>-<held-out site>-s<seed>``: the digest of :func:`run_config`, so identical configurations share
+    runs, whichever files or overrides set them."""
+    digest = hashlib.sha256(json.dumps(run_config(method, configs_dir), sort_keys=True, default=str).encode()).hexdigest()[:10]
     return f"{digest}-{held_out}-s{seed}{'-val' if validation_only else ''}"
 
 
@@ -120,8 +137,10 @@ def run_grid(prep: Prepared, cells: list[tuple[Method, tuple[int, ...]]], valida
              held_out: tuple[str, ...] | None = None) -> list[dict]:
     """Run (or reuse) every (method, held-out site, seed) of ``cells`` = [(method, seeds), ...]; records in grid order.
 
-    ``held_out`` restricts the folds (the world keeps every site of the profile)."""
-    tasks, results, order, planned = [], {}, [], {}
+    ``held_out`` restricts the folds (the world keeps every site of the profile). Each returned record also says
+    ``same_runs_as`` (the row whose runs it shares, or None) and ``reused`` (True: read from the cache, written by an
+    earlier invocation; False: computed now)."""
+    tasks, results, order, planned, reused = [], {}, [], {}, set()
     for method, seeds in cells:
         for site in held_out or prep.profile.sites:
             for seed in seeds:
@@ -133,6 +152,7 @@ def run_grid(prep: Prepared, cells: list[tuple[Method, tuple[int, ...]]], valida
                 if os.path.isfile(path):
                     try:
                         results[path] = json.loads(Path(path).read_text())
+                        reused.add(path)
                         continue
                     except json.JSONDecodeError:
                         pass
@@ -154,7 +174,8 @@ def run_grid(prep: Prepared, cells: list[tuple[Method, tuple[int, ...]]], valida
                 _report(progress, done, len(tasks), result, t0)
     else:
         progress(f"all {len(results)} runs reused from {prep.work_dir}")
-    return [{**results[p], "method": name, "same_runs_as": planned[p] if planned[p] != name else None} for name, p in order]
+    return [{**results[p], "method": name, "same_runs_as": planned[p] if planned[p] != name else None, "reused": p in reused}
+            for name, p in order]
 
 
 def _report(progress, done: int, total: int, result: dict, t0: float) -> None:

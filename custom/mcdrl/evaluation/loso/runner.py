@@ -98,6 +98,8 @@ def run_config(method: Method, configs_dir: str | os.PathLike) -> dict:
     the CLIP and the dictionary; the bundle's metadata (changelog, reported metrics) is not part of it."""
     from monai.bundle import ConfigParser
 
+    # a parser of its own: effective_key's has resolved content (get_parsed_content), after which parser.get() is no
+    # longer the unparsed configuration, and the ids (and the runs they name) would change
     parser = ConfigParser()
     parser.read_config([str(Path(configs_dir) / "train.json")] + [str(Path(configs_dir) / f) for f in method.files])
     for k, v in effective_key(method, configs_dir)["overrides"].items():

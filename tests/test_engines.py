@@ -4,7 +4,6 @@ post-processing, and the generator's extra training scenes."""
 from __future__ import annotations
 
 import json
-import time
 
 import numpy as np
 import pytest
@@ -78,15 +77,28 @@ def test_counterfactual_pairs_make_one_batch():
 
 
 def test_time_budget_stops_at_an_epoch_boundary_and_records_the_time(tmp_path):
+    """The budget logic on a clock the test sets: epochs of 1 s, a 5 s budget. After epoch 4 the mean says epoch 5
+    ends at 5 s, within the budget; after epoch 5 the next would end at 6 s, so training stops there, at 5 s."""
     from ignite.engine import Engine
 
     from mcdrl.engines.handlers import TimeBudget
 
-    engine = Engine(lambda e, b: time.sleep(0.05))
-    TimeBudget(0.5, tmp_path / "t.json").attach(engine)
-    engine.run([0] * 2, max_epochs=100)  # 0.1 s per epoch
+    now = [100.0]
+
+    def step(engine, batch):
+        now[0] += 0.5  # two iterations an epoch: 1 s an epoch
+
+    engine = Engine(step)
+    TimeBudget(5, tmp_path / "t.json", clock=lambda: now[0]).attach(engine)
+    engine.run([0] * 2, max_epochs=100)
     rec = json.loads((tmp_path / "t.json").read_text())
-    assert 3 <= engine.state.epoch <= 5 and rec["stopped_by_budget"] and rec["epochs"] == engine.state.epoch and rec["seconds"] <= 0.6
+    assert engine.state.epoch == 5 and rec == {"seconds": 5.0, "epochs": 5, "last_epoch": 5, "budget_s": 5.0,
+                                                "stopped_by_budget": True}
+    # a budget shorter than one epoch: the first epoch runs (there is no mean before it), then training stops
+    short = Engine(step)
+    TimeBudget(0.4, None, clock=lambda: now[0]).attach(short)
+    short.run([0] * 2, max_epochs=100)
+    assert short.state.epoch == 1
     free = Engine(lambda e, b: None)
     TimeBudget(None, tmp_path / "u.json").attach(free)
     free.run([0], max_epochs=3)

@@ -32,15 +32,17 @@ def _run(module: str, args: list[str], timeout: int = 600) -> subprocess.Complet
 
 
 def test_compare_trains_a_unet_for_the_budget_and_scores_both(tiny_bundle, tmp_path):
+    """The budget reaches the UNet's training: a budget shorter than any epoch stops it after its first, on any machine
+    (the budget logic itself is tested on a clock the test sets: test_engines.py)."""
     data = tiny_bundle["world"]["datalist"]
-    args = ["--bundle_root", str(tiny_bundle["root"]), "--budget_s", "12", "--datalist", str(data), "--heldout", str(data),
+    args = ["--bundle_root", str(tiny_bundle["root"]), "--budget_s", "0.001", "--datalist", str(data), "--heldout", str(data),
             "--heldout_split", "training", "--work_dir", str(tmp_path / "work"), "--out", str(tmp_path / "out"), *tiny_bundle["sets"],
             "--unet_epochs", "50", "--batch_size", "2"]
     proc = _run("mcdrl.evaluation.compare", args)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     doc = json.loads((tmp_path / "out" / "compare.json").read_text())
     unet = doc["unet_training"]
-    assert unet["stopped_by_budget"] and 1 <= unet["epochs"] < 50 and unet["seconds"] <= 12 + unet["seconds"] / unet["epochs"]
+    assert unet["stopped_by_budget"] and unet["epochs"] == unet["last_epoch"] == 1 and unet["budget_s"] == 0.001
     for model in ("shipped MCDRL", "MONAI UNet (same wall time)"):
         val, held = doc["results"][model]["validation (source sites)"], doc["results"][model]["held-out site"]
         assert val["n"] == 2 and held["n"] == 6 and 0 <= val["dice"] <= 1 and 0 <= held["dice"] <= 1

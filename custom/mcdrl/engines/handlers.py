@@ -11,6 +11,7 @@ import logging
 import os
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
 
 import torch.distributed as dist
@@ -141,11 +142,14 @@ class TimeBudget:
         seconds: the wall-time budget; None or 0: no limit (the time is still recorded).
         record_file: a JSON file that receives ``{"seconds", "epochs", "stopped_by_budget"}`` when training ends
             (rank 0 only). A resumed run counts only the time of its own process.
+        clock: the time source in seconds (default ``time.perf_counter``); tests pass their own to decide the time.
     """
 
-    def __init__(self, seconds: float | None = None, record_file: str | os.PathLike | None = None):
+    def __init__(self, seconds: float | None = None, record_file: str | os.PathLike | None = None,
+                 clock: Callable[[], float] = time.perf_counter):
         self.seconds = float(seconds) if seconds else 0.0
         self.record_file = Path(record_file) if record_file else None
+        self.clock = clock
         self._t0 = 0.0
         self._epochs = 0
         self._stopped = False
@@ -156,11 +160,11 @@ class TimeBudget:
         engine.add_event_handler(Events.COMPLETED, self._record)
 
     def _start(self, engine: Engine) -> None:
-        self._t0, self._epochs, self._stopped = time.perf_counter(), 0, False
+        self._t0, self._epochs, self._stopped = self.clock(), 0, False
 
     def _check(self, engine: Engine) -> None:
         self._epochs += 1
-        elapsed = time.perf_counter() - self._t0
+        elapsed = self.clock() - self._t0
         per_epoch = elapsed / self._epochs
         if self.seconds > 0 and elapsed + per_epoch > self.seconds and engine.state.epoch < engine.state.max_epochs:
             logger.info("time budget: %.0f s used after epoch %d (%.0f s per epoch), budget %.0f s: stopping", elapsed, engine.state.epoch, per_epoch, self.seconds)
@@ -168,7 +172,7 @@ class TimeBudget:
             engine.terminate()
 
     def _record(self, engine: Engine) -> None:
-        elapsed = time.perf_counter() - self._t0
+        elapsed = self.clock() - self._t0
         logger.info("training took %.1f s (%.1f min) over %d epoch(s) in this process", elapsed, elapsed / 60, self._epochs)
         if self.record_file is None or _rank() != 0:
             return

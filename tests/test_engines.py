@@ -67,6 +67,36 @@ def test_only_the_last_blocks_of_the_clip_encoder_train(tiny_world):
     assert len(param_groups(unet, 1e-3)) == 1  # a network without a CLIP backbone
 
 
+def test_the_intervention_gets_its_own_group_and_a_warm_up_after_the_switch_on(tiny_world):
+    """Issue 22: with intervention_lr_scale the intervention trains in a group of its own at lr x scale, and
+    InterventionSchedule ramps that group's lr over warmup_epochs after the switch-on, for each optimizer step only
+    (the epoch-level scheduler never sees the factor)."""
+    from ignite.engine import Engine
+
+    from mcdrl.engines.handlers import InterventionSchedule
+    from mcdrl.networks import CausalIntervention, CLIPVisualBackbone, ConfounderDictionary, MCDRLNet, RegionSelector, SegmentationHead
+
+    bb = CLIPVisualBackbone(TINY, tiny_world["weights"])
+    net = MCDRLNet(bb, ConfounderDictionary(tiny_world["dictionary"], 32), RegionSelector(0.5), CausalIntervention(32, 1, heads=2),
+                   SegmentationHead(32, (16, 8)))
+    groups = param_groups(net, 1e-3, 0.01, 1e-4, backbone_trainable_blocks=1, intervention_lr_scale=0.1)
+    named = {g.get("name"): g for g in groups}
+    assert named["intervention"]["lr"] == pytest.approx(1e-4)
+    assert {id(p) for p in named["intervention"]["params"]} == {id(p) for p in net.intervention.parameters()}
+    ids = [id(p) for g in groups for p in g["params"]]
+    assert len(ids) == len(set(ids))  # no parameter in two groups
+    assert "intervention" not in {g.get("name") for g in param_groups(net, 1e-3, 0.01, 1e-4, 1)}  # off by default
+    opt = torch.optim.AdamW(groups)
+    seen = []
+    engine = Engine(lambda e, b: seen.append((e.state.epoch, net.intervention_active, named["intervention"]["lr"], groups[0]["lr"])))
+    InterventionSchedule(net, start_epoch=1, optimizer=opt, warmup_epochs=1.5).attach(engine)
+    engine.run([0] * 4, max_epochs=3)  # 4 iterations an epoch: the ramp takes 6 steps after epoch 1
+    ramp = [round(lr / 1e-4, 6) for epoch, on, lr, _ in seen if epoch > 1]
+    assert [on for _, on, _, _ in seen] == [False] * 4 + [True] * 8
+    assert ramp == [round(k / 6, 6) for k in range(1, 7)] + [1.0, 1.0]
+    assert named["intervention"]["lr"] == pytest.approx(1e-4) and all(other == 1e-3 for *_, other in seen)  # restored
+
+
 def test_counterfactual_pairs_make_one_batch():
     batch = {"image": torch.rand(2, 3, 8, 8), "image_cf": torch.rand(2, 3, 8, 8), "label": torch.zeros(2, 1, 8, 8), "lesion_class": torch.tensor([1, -1])}
     image, target = PrepareBatchWithClass()(batch)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import math
 
 import numpy as np
 
@@ -447,3 +448,66 @@ def test_counterfactual_term_is_zero_for_identical_pairs_and_grows_with_the_diff
     assert "counterfactual" not in loss.last_terms
     js = js_divergence(torch.tensor([[[[20.0]], [[-20.0]]]]), torch.tensor([[[[-20.0]], [[20.0]]]]))
     assert float(js) == pytest.approx(np.log(2), abs=1e-4)
+
+
+# ----------------------------------------------------------------------------- the intervention, trained so it can help
+def _one_adamw_step_shift(residual: str, lr: float = 1e-3) -> float:
+    """||F_ca - F|| / ||F|| after one AdamW step on a loss that pulls every region token towards one direction."""
+    torch.manual_seed(0)
+    block = CausalIntervention(32, 1, heads=4, residual=residual)
+    f, z, target = torch.randn(4, 6, 32) * 3, torch.randn(12, 32), torch.randn(32)
+    with torch.no_grad():
+        assert torch.equal(block(f, z), f)  # both start as the identity
+    opt = torch.optim.AdamW(block.parameters(), lr=lr)
+    (-(block(f, z) @ target).mean()).backward()
+    opt.step()
+    with torch.no_grad():
+        return float((block(f, z) - f).norm() / f.norm())
+
+
+def test_gated_residual_survives_the_first_adamw_step():
+    """Issue 22: AdamW moves every weight of a zero-initialised branch by about lr in its first step, so the tokens
+    jump; a tanh gate at 0 moves by tanh(lr) and the branch with it."""
+    zero, gated = _one_adamw_step_shift("zero"), _one_adamw_step_shift("gated")
+    assert zero > 1e-3 and gated < 0.02 * zero, (zero, gated)  # measured 7.4e-3 against 7.4e-5
+    block = CausalIntervention(32, 2, heads=4, residual="gated")
+    assert {n for n, _ in block.named_parameters() if "gate" in n} == {f"layers.{i}.gate_{b}" for i in (0, 1) for b in ("attn", "ffn")}
+    with pytest.raises(ValueError, match="residual"):
+        CausalIntervention(32, 1, heads=4, residual="scaled")
+
+
+def test_anchor_cross_entropy_cannot_be_met_by_one_shared_vector(tiny_world):
+    """L_causal as a cross-entropy over the K anchors equals its hand computation, and an embedding shared by two
+    images of different classes scores at least log 2 (p_y1 + p_y2 <= 1), while the paper's squared distance is
+    lowered by moving every image towards the anchors' common direction."""
+    d = ConfounderDictionary(tiny_world["dictionary"], 32)
+    ce = MCDRLLoss(d, causal_loss="anchor_ce", tau=0.5)
+    anchors = F.normalize(d.class_anchors, dim=-1)
+    e = torch.randn(3, 32)
+    y = torch.tensor([0, 2, 4])
+    want = F.cross_entropy(F.normalize(e, dim=-1) @ anchors.t() / 0.5, y)
+    assert torch.allclose(ce.causal(e, y), want, atol=1e-6)
+    shared = torch.randn(1, 32).expand(2, 32)
+    assert float(ce.causal(shared, torch.tensor([0, 1]))) >= math.log(2) - 1e-6
+    mse = MCDRLLoss(d, causal_loss="mse")
+    common = anchors.mean(0, keepdim=True)
+    assert float(mse.causal(common.expand(2, 32), torch.tensor([0, 1]))) < float(mse.causal(shared, torch.tensor([0, 1])))
+    with pytest.raises(ValueError, match="causal_loss"):
+        MCDRLLoss(d, causal_loss="l1")
+
+
+def test_head_reading_both_sees_the_clip_features_beside_the_intervened(tiny_world):
+    torch.manual_seed(0)
+    backbone = CLIPVisualBackbone(TINY, tiny_world["weights"])
+    d = backbone.embed_dim
+    parts = lambda head: (backbone, ConfounderDictionary(tiny_world["dictionary"], d), RegionSelector(0.5),  # noqa: E731
+                          CausalIntervention(d, 1, heads=2, residual="gated"), head)
+    net = MCDRLNet(*parts(SegmentationHead(2 * d, (16, 8), skip_channels=(4, 8))), head_input="both").eval()
+    x = torch.rand(2, 3, 48, 40)
+    with torch.no_grad():
+        tokens = net.backbone.forward_dense(net._resize_in(x))
+        both, _, _ = net._regions(tokens)
+        assert both.shape[-1] == 2 * d and torch.equal(both[..., :d], tokens) and torch.equal(both[..., d:], tokens)  # gates at 0
+        assert net(x).shape == (2, 2, 48, 40)
+    with pytest.raises(ConfigError, match="2 x d"):
+        MCDRLNet(*parts(SegmentationHead(d, (16, 8))), head_input="both")

@@ -44,23 +44,53 @@ class InterventionSchedule:
     comes on, the validator's best metric and the key-metric checkpoint savers are reset, so ``model.pt`` is the best
     epoch of the configured model (intervention on), never a pre-intervention network.
 
+    [ours] With ``warmup_epochs`` and an ``optimizer`` whose parameter groups include one named ``"intervention"``
+    (:func:`mcdrl.engines.training.param_groups`), that group's learning rate ramps linearly from 0 over the first
+    ``warmup_epochs`` epochs after the switch, per iteration: the factor is applied for each optimizer step and taken
+    back after it, so the epoch-level LR scheduler never sees it, and it follows from the iteration count alone (a
+    resumed run ramps the same).
+
     Args:
         network: the MCDRL network (wrapped or not).
         start_epoch: the number of epochs trained without the intervention (0 = on from the start).
         validator: the evaluator whose ``best_metric`` is reset (with ``select_after_start``).
         key_metric_savers: MONAI ``CheckpointSaver`` handlers whose key-metric checkpoint is reset.
         select_after_start: reset model selection when the intervention comes on.
+        optimizer: the trainer's optimizer (for the warm-up). warmup_epochs: length of the ramp (0: none).
     """
 
-    def __init__(self, network, start_epoch: int = 10, validator=None, key_metric_savers=(), select_after_start: bool = False):
+    def __init__(self, network, start_epoch: int = 10, validator=None, key_metric_savers=(), select_after_start: bool = False,
+                 optimizer=None, warmup_epochs: float = 0.0):
         self.network = network
         self.start_epoch = int(start_epoch)
         self.validator = validator
         self.key_metric_savers = list(key_metric_savers or [])
         self.select_after_start = bool(select_after_start)
+        self.optimizer = optimizer
+        self.warmup_epochs = float(warmup_epochs or 0.0)
+        self._restore: list[tuple[dict, float]] = []
 
     def attach(self, engine: Engine) -> None:
         engine.add_event_handler(Events.EPOCH_STARTED, self)
+        if self.warmup_epochs > 0 and self.optimizer is not None:
+            engine.add_event_handler(Events.ITERATION_STARTED, self._warm)
+            engine.add_event_handler(Events.ITERATION_COMPLETED, self._unwarm)
+
+    def warmup_factor(self, iteration: int, epoch_length: int) -> float:
+        """The intervention group's learning-rate factor for (1-based) ``iteration``: 0 < f <= 1 once on."""
+        since = iteration - self.start_epoch * epoch_length  # 1 at the first step with the intervention on
+        return max(0.0, min(1.0, since / max(1.0, self.warmup_epochs * epoch_length)))
+
+    def _warm(self, engine: Engine) -> None:
+        factor = self.warmup_factor(engine.state.iteration, engine.state.epoch_length)
+        self._restore = [(g, g["lr"]) for g in self.optimizer.param_groups if g.get("name") == "intervention"]
+        for g, lr in self._restore:
+            g["lr"] = lr * factor
+
+    def _unwarm(self, engine: Engine) -> None:
+        for g, lr in self._restore:
+            g["lr"] = lr
+        self._restore = []
 
     def __call__(self, engine: Engine) -> None:
         net = unwrap(self.network)

@@ -115,13 +115,17 @@ def trainable_backbone_parameters(backbone, blocks: int | None = None) -> list:
     return [p for m in stages[-blocks:] for p in m.parameters()]
 
 
-def param_groups(network, lr: float, backbone_lr_scale: float = 0.01, weight_decay: float = 1e-4, backbone_trainable_blocks: int | None = None) -> list[dict]:
+def param_groups(network, lr: float, backbone_lr_scale: float = 0.01, weight_decay: float = 1e-4, backbone_trainable_blocks: int | None = None,
+                 intervention_lr_scale: float | None = None) -> list[dict]:
     """AdamW parameter groups [ours]: new modules at ``lr``, the CLIP visual encoder at ``lr * backbone_lr_scale``.
 
     The text tower is not part of the network (its embeddings are frozen buffers), so it is never trained.
     ``backbone_lr_scale=0`` freezes the visual encoder; ``backbone_trainable_blocks=n`` trains only its last n blocks
     (:func:`trainable_backbone_parameters`) and freezes the trunk below them, whose forward then builds no autograd
     graph. Networks without a CLIP backbone (e.g. a MONAI UNet baseline) get one group at ``lr``.
+    With ``intervention_lr_scale`` (not None), the causal intervention gets a group of its own, named
+    ``"intervention"``, at ``lr * intervention_lr_scale`` (:class:`mcdrl.engines.handlers.InterventionSchedule` warms
+    it up after the switch-on).
     """
     net = unwrap(network)
     if not hasattr(net, "backbone"):
@@ -132,8 +136,14 @@ def param_groups(network, lr: float, backbone_lr_scale: float = 0.01, weight_dec
     ids_trainable = {id(p) for p in trainable}
     for p in all_backbone:
         p.requires_grad_(id(p) in ids_trainable)
-    new = [p for p in net.parameters() if p.requires_grad and id(p) not in ids_all]
+    own = set()
+    if intervention_lr_scale is not None and hasattr(net, "intervention"):
+        own = {id(p) for p in net.intervention.parameters() if p.requires_grad}
+    new = [p for p in net.parameters() if p.requires_grad and id(p) not in ids_all and id(p) not in own]
     groups = [{"params": new, "lr": lr, "weight_decay": weight_decay}]
+    if own:
+        groups.append({"params": [p for p in net.intervention.parameters() if id(p) in own], "lr": lr * float(intervention_lr_scale),
+                       "weight_decay": weight_decay, "name": "intervention"})
     if trainable:
         groups.append({"params": trainable, "lr": lr * backbone_lr_scale, "weight_decay": weight_decay})
     return groups

@@ -34,10 +34,12 @@ from .head import SegmentationHead
 from .intervention import CausalIntervention
 from .region_selection import RegionSelector
 
-__all__ = ["DECONFOUNDING_SCOPES", "MCDRLNet"]
+__all__ = ["DECONFOUNDING_SCOPES", "HEAD_INPUTS", "MCDRLNet"]
 
 #: where the text-guided projection acts: nowhere (the paper), on every dense position, or on the MTRS regions only
 DECONFOUNDING_SCOPES = ("none", "all", "regions")
+#: what the head reads: the grid with F_ca scattered in (the paper), or that grid beside the CLIP's own C [ours]
+HEAD_INPUTS = ("intervened", "both")
 #: how far below the background logit a rejected image's lesion logits are put (softmax lesion prob < 1e-13)
 _REJECT_MARGIN = 30.0
 
@@ -58,6 +60,8 @@ class MCDRLNet(nn.Module):
             :class:`~mcdrl.networks.deconfounding.ConfounderProjection` acts [ours].
         presence_decision: empty the mask of an image whose lesion score is below :attr:`presence_threshold` [ours].
         tau: temperature of the image-level prompt scores (the L_contrast temperature).
+        head_input: ``"intervened"`` (the paper: C with F_ca scattered in) or ``"both"`` ([C, that grid], 2d channels,
+            so the head can learn to ignore what the intervention writes) [ours].
         head_resolution: the size (square) at which a head with skips reads the image and decodes; None: the
             input's own H x W, so the logits need no resizing [ours]. Set it to bound the head's cost on large frames
             (the logits are then resized to H x W).
@@ -69,7 +73,7 @@ class MCDRLNet(nn.Module):
     Shapes:
         eval ``forward``: (B, 3, H, W) -> logits (B, 2, H, W).
         train ``forward``: (B, 3, H, W) -> {"pred": (B, 2, H, W), "image_embedding": F_vis (B, d),
-        "region_embedding": Pool(F_ca) (B, d), "features": the de-confounded, intervened grid tokens (B, L, d),
+        "region_embedding": Pool(F_ca) (B, d), "features": what the head reads (B, L, d; 2d with head_input "both"),
         "intervention_on": bool}.
     """
 
@@ -86,17 +90,22 @@ class MCDRLNet(nn.Module):
         presence_decision: bool = False,
         tau: float = 0.5,
         head_resolution: int | None = None,
+        head_input: str = "intervened",
     ):
         super().__init__()
         d = backbone.embed_dim
+        if head_input not in HEAD_INPUTS:
+            raise ConfigError(f"head_input must be one of {list(HEAD_INPUTS)}, got {head_input!r}")
         got = {
             "dictionary": int(dictionary.confounders.shape[1]),
             "intervention": int(intervention.layers[0].q_proj.in_features),
-            "head": int(head.proj[0].in_channels),
+            "head": int(head.proj[0].in_channels) // (2 if head_input == "both" else 1),
         }
         for part, dim in got.items():
             if dim != d:
-                raise ConfigError(f"MCDRLNet: the CLIP backbone {backbone.model_name!r} has embedding dimension {d}, but the {part} was built for {dim}.")
+                raise ConfigError(f"MCDRLNet: the CLIP backbone {backbone.model_name!r} has embedding dimension {d}, but the {part} was built for {dim}"
+                                  + (" (head_input 'both': the head reads 2 x d channels)." if part == "head" and head_input == "both" else "."))
+        self.head_input = head_input
         if deconfounding not in DECONFOUNDING_SCOPES:
             raise ConfigError(f"deconfounding must be one of {list(DECONFOUNDING_SCOPES)}, got {deconfounding!r}")
         dictionary.check_clip_identity(backbone.model_name, backbone.weights_sha256)
@@ -126,7 +135,9 @@ class MCDRLNet(nn.Module):
 
     # ---- parts of the forward --------------------------------------------------------------------------------
     def _regions(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """tokens (B, L, d) -> (tokens with F_ca scattered in (B, L, d), F_ca (B, N, d), idx (B, N))."""
+        """tokens C (B, L, d) -> (what the head reads: C with F_ca scattered in (B, L, d), or with ``head_input="both"``
+        [C, that] (B, L, 2d); F_ca (B, N, d); idx (B, N))."""
+        raw = tokens
         d = self.dictionary
         if self.deconfounding == "all":
             tokens = self.projection(tokens)
@@ -142,14 +153,18 @@ class MCDRLNet(nn.Module):
             changed = True
         if changed:
             tokens = tokens.scatter(1, gather_idx, f)
-        return tokens, f, idx
+        return self._head_tokens(raw, tokens), f, idx
+
+    def _head_tokens(self, raw: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        """C (B, L, d) and the de-confounded, intervened grid (B, L, d) -> what the head reads (B, L, d or 2d)."""
+        return torch.cat([raw, tokens], dim=-1) if self.head_input == "both" else tokens
 
     def _decode(self, tokens: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
         """Grid tokens (B, L, d) and the input image (B, 3, H, W) -> logits (B, 2, H, W).
 
         A head with skips reads the image at its own resolution (or at ``head_resolution``), so its logits come out
         at H x W; the paper's head decodes the grid alone and is resized to H x W."""
-        b, _, dim = tokens.shape
+        b, _, dim = tokens.shape  # dim: d, or 2d with head_input "both"
         grid = tokens.transpose(1, 2).reshape(b, dim, self.grid_size, self.grid_size)
         size = image.shape[-2:]  # kept symbolic, so a traced network follows the input size
         if self.head.pixel_encoder is None:
@@ -221,6 +236,7 @@ class MCDRLNet(nn.Module):
         resemble most, which is what the text-guided projection removes."""
         tokens, pooled = self.backbone.forward_tokens(self._resize_in(x))
         z = self.dictionary.confounders
+        raw = tokens
         if self.applies_intervention:  # one pass of the intervention gives F_ca and the weights (== forward's logits)
             if self.deconfounding == "all":
                 tokens = self.projection(tokens)
@@ -230,9 +246,8 @@ class MCDRLNet(nn.Module):
             if self.deconfounding == "regions":
                 f = self.projection(f)
             f, weights = self.intervention.forward_with_weights(f, z.to(tokens.dtype))
-            tokens = tokens.scatter(1, gather_idx, f)
+            tokens = self._head_tokens(raw, tokens.scatter(1, gather_idx, f))
         else:
-            raw = tokens
             tokens, _, idx = self._regions(tokens)
             weights = self.confounder_resemblance(raw, idx)
         score = self.lesion_score(pooled)
@@ -251,4 +266,4 @@ class MCDRLNet(nn.Module):
 
     def extra_repr(self) -> str:
         return (f"use_intervention={self.use_intervention}, deconfounding={self.deconfounding!r}, presence_decision={self.presence_decision}, "
-                f"presence_threshold={float(self.presence_threshold):.3f}")
+                f"presence_threshold={float(self.presence_threshold):.3f}, head_input={self.head_input!r}, head_resolution={self.head_resolution}")

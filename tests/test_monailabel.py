@@ -258,7 +258,7 @@ def test_train_json_takes_monailabel_overrides_without_a_datalist(tiny_world, tm
     ids = write_studies(tmp_path / "studies", n=4, n_labelled=4)
     data = [{"image": str(tmp_path / "studies" / f"{i}.png"), "label": str(tmp_path / "studies" / "labels" / "final" / f"{i}.png")} for i in ids]
     overrides = _monailabel_train_overrides(bundle, data, causal_start_epoch=0)
-    assert not (tmp_path / "data").exists()  # where the default dataset_dir (bundle_root/../data/synthetic) would be
+    assert not (bundle / "data").exists() and not (tmp_path / "data").exists()  # no default dataset_dir (mcdrl.paths.default_data_dir)
     (tmp_path / "overrides.json").write_text(json.dumps(overrides))
     before = md5(bundle / "models" / "model.pt")
     code = (

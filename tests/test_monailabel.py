@@ -555,9 +555,9 @@ def test_server_lists_our_model(server):
     assert {"alpha": 0.5, "use_intervention": False, "causal_start_epoch": 0}.items() <= info["trainers"][MODEL]["config"].items()
     version = json.loads((BUNDLE / "configs" / "metadata.json").read_text())["version"]
     assert model["version"] == info["trainers"][MODEL]["version"] == version
-    card = (BUNDLE / "docs" / "README.md").read_text()
-    sample = card[card.index("`GET /info/`"):card.index("Measured on 2 CPU cores (tiny test CLIP")]
-    assert f'"version": "{version}"' in sample and '"version": "0.1.0"' not in sample  # the model card's /info sample
+    evidence = (BUNDLE / "docs" / "results" / "README.md").read_text()  # the full usage notes behind the model card
+    sample = evidence[evidence.index("`GET /info/`"):evidence.index("Measured on 2 CPU cores (tiny test CLIP")]
+    assert f'"version": "{version}"' in sample and '"version": "0.1.0"' not in sample  # the documented /info sample
     startup = server.log.read_text(errors="replace")
     assert "initialized randomly" not in startup and "No pretrained weights" not in startup  # the weights come from model.pt
     assert f"trainer {MODEL}: train.json with monailabel_finetune.json merged over it" in startup

@@ -142,6 +142,29 @@ def test_metadata_is_what_a_zoo_reviewer_accepts(packaged):
     assert all(f"## {version}" in history for version in meta["changelog"])
 
 
+#: the model zoo's readme template (docs/readme_template.md and the zoo's bundles), in order
+CARD_SECTIONS = ["## **Model Overview**", "## **Data**", "#### **Preprocessing**", "## **Training configuration**", "### **Input**",
+                 "### **Output**", "## **Performance**", "## **MONAI Bundle Commands**", "## **Limitations**", "## **Citation Info**",
+                 "## **References**", "## **License**"]
+
+
+def test_model_card_follows_the_zoo_template_and_is_short():
+    """The card: the zoo's sections in order, readable in five minutes, nothing about this repository; every missed
+    target stated; the evidence it summarises is linked and holds the tables."""
+    card = (BUNDLE / "docs" / "README.md").read_text()
+    positions = [card.find(section) for section in CARD_SECTIONS]
+    assert -1 not in positions and positions == sorted(positions), dict(zip(CARD_SECTIONS, positions))
+    assert len(card.encode()) <= 12_000
+    for repo_only in ("custom/", "`make", "make test", "tests/", "bundle/", ".venv"):
+        assert repo_only not in card, repo_only
+    assert card.count("**missed**") >= 8 and "TensorRT is not supported" in card
+    assert "(results/README.md)" in card
+    evidence = (BUNDLE / "docs" / "results" / "README.md").read_text()
+    assert "| held-out site F (never trained on, read once) | 160 | **0.363**" in evidence
+    meta = json.loads((BUNDLE / "configs" / "metadata.json").read_text())
+    assert f"{meta['eval_metrics']['mean_dice']:.3f}" in card and f"{meta['eval_metrics']['heldout_site_F_mean_dice']:.3f}" in card
+
+
 # ------------------------------------------------------------------------------- running without the repository
 @pytest.fixture(scope="module")
 def trained(packaged, tiny_world, tmp_path_factory):

@@ -102,6 +102,7 @@ def test_zip_is_the_folder_and_reproducible(packaged, tmp_path):
         names = sorted(zf.namelist())
         assert zf.read(f"{BUNDLE_NAME}/configs/train.json") == (packaged / "configs" / "train.json").read_bytes()
     assert names == sorted(f"{BUNDLE_NAME}/{p.relative_to(packaged).as_posix()}" for p in packaged.rglob("*") if p.is_file())
+    assert zip_path.stat().st_mode & 0o777 == 0o644 and packaged.stat().st_mode & 0o777 == 0o755
     again = package_bundle(tmp_path)
     assert (again.parent / f"{BUNDLE_NAME}.zip").read_bytes() == zip_path.read_bytes()
 

@@ -97,6 +97,7 @@ def _write_zip(folder: Path, zip_path: Path) -> None:
                 info.external_attr = 0o644 << 16
                 info.compress_type = zipfile.ZIP_DEFLATED
                 zf.writestr(info, path.read_bytes())
+        os.chmod(tmp, 0o644)  # mkstemp creates it 0600; the zip is for sharing
         os.replace(tmp, zip_path)
     finally:
         if os.path.exists(tmp):

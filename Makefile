@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 export HF_HUB_OFFLINE := 1
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: install demo test regenerate regenerate-model demo-results model-reports monailabel-env monailabel-app clean
+.PHONY: install demo test bundle regenerate regenerate-model demo-results model-reports monailabel-env monailabel-app clean
 
 $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -25,8 +25,13 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q -p no:cacheprovider tests
 
+## make bundle: the bundle as it is shared, standing on its own (bundle/ plus the mcdrl package in scripts/)
+## -> dist/mcdrl_endoscopy_segmentation/ and dist/mcdrl_endoscopy_segmentation.zip
+bundle: $(STAMP)
+	$(PY) -m mcdrl.deploy.package --out dist
+
 clean:
-	rm -rf demo_out bundle/runs bundle/eval
+	rm -rf demo_out bundle/runs bundle/eval dist
 
 ## make regenerate: rebuild every shipped binary (demo CLIP, dictionary, demo model, large_files.yml, the sites figure) from scratch,
 ## then every report of the shipped model; make regenerate-model keeps the shipped CLIP and dictionary and retrains the model only

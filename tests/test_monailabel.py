@@ -258,7 +258,7 @@ def test_train_json_takes_monailabel_overrides_without_a_datalist(tiny_world, tm
     ids = write_studies(tmp_path / "studies", n=4, n_labelled=4)
     data = [{"image": str(tmp_path / "studies" / f"{i}.png"), "label": str(tmp_path / "studies" / "labels" / "final" / f"{i}.png")} for i in ids]
     overrides = _monailabel_train_overrides(bundle, data, causal_start_epoch=0)
-    assert not (tmp_path / "data").exists()  # where the default dataset_dir (bundle_root/../data/synthetic) would be
+    assert not (bundle / "data").exists() and not (tmp_path / "data").exists()  # no default dataset_dir (mcdrl.paths.default_data_dir)
     (tmp_path / "overrides.json").write_text(json.dumps(overrides))
     before = md5(bundle / "models" / "model.pt")
     code = (
@@ -555,9 +555,9 @@ def test_server_lists_our_model(server):
     assert {"alpha": 0.5, "use_intervention": False, "causal_start_epoch": 0}.items() <= info["trainers"][MODEL]["config"].items()
     version = json.loads((BUNDLE / "configs" / "metadata.json").read_text())["version"]
     assert model["version"] == info["trainers"][MODEL]["version"] == version
-    card = (BUNDLE / "docs" / "README.md").read_text()
-    sample = card[card.index("`GET /info/`"):card.index("Measured on 2 CPU cores (tiny test CLIP")]
-    assert f'"version": "{version}"' in sample and '"version": "0.1.0"' not in sample  # the model card's /info sample
+    evidence = (BUNDLE / "docs" / "results" / "README.md").read_text()  # the full usage notes behind the model card
+    sample = evidence[evidence.index("`GET /info/`"):evidence.index("Measured on 2 CPU cores (tiny test CLIP")]
+    assert f'"version": "{version}"' in sample and '"version": "0.1.0"' not in sample  # the documented /info sample
     startup = server.log.read_text(errors="replace")
     assert "initialized randomly" not in startup and "No pretrained weights" not in startup  # the weights come from model.pt
     assert f"trainer {MODEL}: train.json with monailabel_finetune.json merged over it" in startup

@@ -41,10 +41,11 @@ print(json.dumps(out))
 
 @pytest.fixture(scope="module")
 def clone(tmp_path_factory) -> Path:
-    """bundle/ as a fresh clone has it, in a folder without data/ next to it."""
+    """bundle/ as a fresh clone has it (custom/ beside it), in a folder without data/ next to it."""
     root = tmp_path_factory.mktemp("fresh_clone")
     shutil.copytree(BUNDLE, root / "bundle", ignore=shutil.ignore_patterns("runs", "eval", "__pycache__", "models"))
     (root / "bundle" / "models").symlink_to(BUNDLE / "models", target_is_directory=True)  # the shipped weights
+    (root / "custom").symlink_to(BUNDLE.parent / "custom", target_is_directory=True)  # a source checkout: data/ beside bundle/
     assert not (root / "data").exists()
     return root / "bundle"
 
@@ -54,7 +55,7 @@ def test_every_workflow_initialises_and_checks_without_data_then_run_names_the_m
     proc = subprocess.run([PYTHON, "-c", CHECK, str(clone / "configs")], capture_output=True, text=True, timeout=600, cwd=tmp_path, env=env)
     assert proc.returncode == 0, proc.stderr[-4000:]
     out = json.loads(proc.stdout.strip().splitlines()[-1])
-    data = clone / ".." / "data"  # as the configs spell it: bundle_root + '/../data/...'
+    data = clone.parent / "data"  # mcdrl.paths.default_data_dir in a source checkout: the repository's data/
     for kind in ("infer", "train", "eval"):
         assert out[kind]["missing"] == [], (kind, out[kind])
         assert out[kind]["bundle_root"] == str(clone)
@@ -73,7 +74,7 @@ def test_inference_cli_without_data_is_one_clear_line_and_no_random_weights_warn
     assert proc.returncode == 2, log[-3000:]
     assert "Traceback" not in log and "ConfigExpression" not in log, log[-3000:]
     errors = [line for line in log.splitlines() if line.startswith("mcdrl: error:")]
-    assert len(errors) == 1 and str(clone / ".." / "data") in errors[0], log[-3000:]
+    assert len(errors) == 1 and str(clone.parent / "data") in errors[0], log[-3000:]
     assert "initialized randomly" not in log and "No pretrained weights" not in log
 
 

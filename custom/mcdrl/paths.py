@@ -6,7 +6,7 @@ import os
 import sys
 from pathlib import Path
 
-__all__ = ["default_bundle_root", "portable_command", "repo_relative"]
+__all__ = ["default_bundle_root", "default_data_dir", "is_source_checkout", "portable_command", "repo_relative"]
 
 
 def default_bundle_root() -> str:
@@ -14,9 +14,9 @@ def default_bundle_root() -> str:
 
     MONAI's ConfigParser cannot see its own file name, and a ``"bundle_root": "."`` only works from inside the
     bundle. So: the folder above the ``configs/`` folder of the first ``--config_file`` on the command line (what
-    ``python -m monai.bundle run`` and torchrun receive); else ``$MCDRL_BUNDLE_ROOT``; else the ``bundle/`` folder
-    beside this package in a source checkout; else the current directory. ``--bundle_root`` always overrides
-    (MONAI Label sets it).
+    ``python -m monai.bundle run`` and torchrun receive); else ``$MCDRL_BUNDLE_ROOT``; else the bundle this package
+    was packaged into (``<bundle>/scripts/mcdrl``); else the ``bundle/`` folder beside this package in a source
+    checkout; else the current directory. ``--bundle_root`` always overrides (MONAI Label sets it).
     """
     argv = sys.argv
     for i, arg in enumerate(argv):
@@ -31,10 +31,33 @@ def default_bundle_root() -> str:
                 return str(Path(first).resolve().parent.parent)
     if os.environ.get("MCDRL_BUNDLE_ROOT"):
         return str(Path(os.environ["MCDRL_BUNDLE_ROOT"]).resolve())
-    checkout = Path(__file__).resolve().parents[2] / "bundle"
+    here = Path(__file__).resolve().parent
+    packaged = here.parents[1]
+    if here.parent.name == "scripts" and (packaged / "configs" / "metadata.json").is_file():
+        return str(packaged)
+    checkout = here.parents[1] / "bundle"
     if (checkout / "configs" / "metadata.json").is_file():
         return str(checkout)
     return str(Path.cwd())
+
+
+def is_source_checkout(bundle_root: str | os.PathLike) -> bool:
+    """Whether ``bundle_root`` is the ``bundle/`` folder of a source checkout (``custom/mcdrl`` beside it), as opposed
+    to a packaged bundle (``python -m mcdrl.deploy.package``), which holds its own copy of the package in ``scripts/``."""
+    return (Path(bundle_root).parent / "custom" / "mcdrl" / "__init__.py").is_file()
+
+
+def default_data_dir(bundle_root: str | os.PathLike, name: str) -> str:
+    """The configs' default ``dataset_dir``: ``data/<name>`` beside the bundle folder in a source checkout (the
+    repository's ``data/``, where the Makefile writes the synthetic world), else ``<bundle_root>/data/<name>``, inside a
+    packaged bundle, which never refers to a folder outside itself. ``--dataset_dir`` overrides either.
+
+    Example:
+        >>> default_data_dir("/opt/bundles/mcdrl_endoscopy_segmentation", "synthetic")
+        '/opt/bundles/mcdrl_endoscopy_segmentation/data/synthetic'
+    """
+    root = Path(bundle_root)
+    return str((root.parent if is_source_checkout(root) else root) / "data" / name)
 
 
 def repo_relative(path: str | os.PathLike, root: str | os.PathLike | None = None) -> str:

@@ -129,7 +129,7 @@ def test_stale_or_bad_graph_is_rebuilt_never_used(shipped, tmp_path, caplog):
         return all((a - b).abs().max().item() <= 2e-3 for a, b in zip(ref, got))
 
     caplog.set_level(logging.WARNING, "mcdrl.deploy.onnx_engine")
-    assert agrees() and "no ONNX graph yet" in caplog.text
+    assert agrees() and "no ONNX graph yet; exporting it from model.pt" in caplog.text
     # new weights (a threshold above every score empties every mask): the graph is exported again
     _state_with_threshold(bundle, 1.5)
     caplog.clear()

@@ -225,7 +225,7 @@ class OnnxRuntimeNetwork(nn.Module):
             return self._session
         session, why = self._open(*key)
         if why:
-            logger.warning("%s: %s; exporting it again from %s", self.onnx_path, why, self.model_path.name)
+            logger.warning("%s: %s; exporting it from %s", self.onnx_path, why, self.model_path.name)
             build_onnx(self.network, self.model_path, self.engine, self.onnx_path)
             key = (self._weights_sha(), json.dumps(graph_options(self.network), sort_keys=True))  # the network holds model.pt now
             session, why = self._open(*key)

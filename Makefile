@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 export HF_HUB_OFFLINE := 1
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: install demo test bundle regenerate regenerate-model demo-results model-reports monailabel-env monailabel-app clean
+.PHONY: install demo test bundle regenerate regenerate-model demo-results model-reports monailabel-env monailabel-app clean onnx engine-dice bench
 
 $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -77,3 +77,22 @@ demo-results: $(STAMP) data/synthetic/datalist.json data/heldout_F/datalist.json
 model-reports: $(STAMP) data/synthetic/datalist.json data/heldout_F/datalist.json
 	$(PY) -m mcdrl.evaluation.compare
 	$(PY) -m mcdrl.evaluation.robustness
+
+## make onnx: the onnxruntime engine's graphs next to the weights (models/model.onnx, model.int8.onnx); the engine
+## also exports them on first use, and again whenever model.pt changes
+onnx: $(STAMP)
+	$(PY) -m mcdrl.deploy.export onnx
+	$(PY) -m mcdrl.deploy.export onnx --int8
+
+## make engine-dice: the shipped model's Dice with each engine (torch, onnxruntime, onnxruntime-int8) on the training
+## sites' validation split and on held-out site F -> bundle/eval/engine_<engine>/ (read by make bench)
+ENGINES := torch onnxruntime onnxruntime-int8
+engine-dice: $(STAMP) data/synthetic/datalist.json data/heldout_F/datalist.json
+	for e in $(ENGINES); do \
+	  $(EVAL) --engine $$e --output_dir bundle/eval/engine_$$e/train_sites --eval_split validation && \
+	  $(EVAL) --engine $$e --output_dir bundle/eval/engine_$$e/heldout_F --dataset_dir data/heldout_F --eval_split training || exit 1; \
+	done
+
+## make bench: every figure of bundle/docs/results/bench.md (the engines' Dice, then the timings, interleaved)
+bench: engine-dice
+	$(PY) -m mcdrl.evaluation.speed

@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 import sys
 
-__all__ = ["ConfigError", "InputFileError", "MCDRLError", "install_cli_hook"]
+__all__ = ["ConfigError", "InputFileError", "MCDRLError", "MissingDependencyError", "install_cli_hook"]
 
 
 class MCDRLError(Exception):
@@ -27,6 +27,10 @@ class ConfigError(MCDRLError, ValueError):
 
 class InputFileError(MCDRLError, FileNotFoundError):
     """A file named by the config or a datalist is missing."""
+
+
+class MissingDependencyError(MCDRLError, ImportError):
+    """An optional package a chosen option needs is not installed; the message says what to install."""
 
 
 def _root_mcdrl_error(exc: BaseException | None) -> MCDRLError | None:

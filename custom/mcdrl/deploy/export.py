@@ -9,7 +9,9 @@ whose traced graph is nevertheless exact on any input size, see ``tests/test_exp
         --config_file bundle/configs/inference.json --use_trace True --input_shape "[1,3,224,224]" \\
         --converter_kwargs "{'check_trace': False}"
 
-ONNX (opset 18; dynamic batch, height and width; metadata.json and inference.json stored as metadata_props)::
+ONNX (opset 18; dynamic batch, height and width; metadata.json, inference.json and the weights' sha256 stored as
+metadata_props; the graph of the onnxruntime engine, :mod:`mcdrl.deploy.onnx_engine`: outputs ``pred``, then
+``confounder_weights`` and ``lesion_score``; ``--int8`` writes the int8 graph, ``model.int8.onnx``)::
 
     python -m mcdrl.deploy.export onnx --config_file bundle/configs/inference.json --ckpt_file bundle/models/model.pt \\
         --meta_file bundle/configs/metadata.json --filepath bundle/models/model.onnx
@@ -98,14 +100,16 @@ def register_onnx_symbolics(opset: int = ONNX_OPSET) -> None:
     register_custom_op_symbolic("aten::_upsample_bilinear2d_aa", upsample_bilinear2d_aa, opset)
 
 
-def export_onnx(network: torch.nn.Module, filepath, input_shape=(1, 3, 224, 224), opset: int = ONNX_OPSET, dynamic: bool = True, metadata: dict | None = None) -> Path:
+def export_onnx(network: torch.nn.Module, filepath, input_shape=(1, 3, 224, 224), opset: int = ONNX_OPSET, dynamic: bool = True, metadata: dict | None = None,
+                output_names=("pred",), device="cpu") -> Path:
     """Export the eval network to ONNX, atomically.
 
     Args:
-        network: eval ``forward(image (B, 3, H, W) in [0, 1]) -> logits (B, 2, H, W)``.
-        filepath: the ``.onnx`` file. input_shape: the example input used for tracing.
-        dynamic: batch, height and width as dynamic axes of ``image`` and ``pred``.
+        network: eval ``forward(image (B, 3, H, W) in [0, 1]) -> logits (B, 2, H, W)`` (or a tuple, ``pred`` first).
+        filepath: the ``.onnx`` file. input_shape: the example input used for tracing (made on ``device``).
+        dynamic: batch, height and width as dynamic axes of ``image`` and ``pred``; the batch of other outputs.
         metadata: name -> text stored in the model's ``metadata_props`` (e.g. metadata.json, inference.json).
+        output_names: one name per output (``mcdrl.deploy.onnx_engine`` adds ``confounder_weights``, ``lesion_score``).
 
     Returns:
         The path written. Input ``image`` float32 (B, 3, H, W), output ``pred`` float32 (B, 2, H, W).
@@ -116,13 +120,14 @@ def export_onnx(network: torch.nn.Module, filepath, input_shape=(1, 3, 224, 224)
 
     register_onnx_symbolics(opset)
     network = network.eval()
-    axes = {"image": {0: "batch", 2: "height", 3: "width"}, "pred": {0: "batch", 2: "height", 3: "width"}} if dynamic else None
+    image_axes = {0: "batch", 2: "height", 3: "width"}
+    axes = {"image": image_axes, **{n: image_axes if n == "pred" else {0: "batch"} for n in output_names}} if dynamic else None
     filepath = Path(filepath)
     fastpath = torch.backends.mha.get_fastpath_enabled()
     torch.backends.mha.set_fastpath_enabled(False)  # the fused attention kernel (taken under no_grad) has no ONNX form
     try:
         with atomic_path(filepath) as tmp:
-            torch.onnx.export(network, (torch.rand(*input_shape),), str(tmp), dynamo=False, input_names=["image"], output_names=["pred"],
+            torch.onnx.export(network, (torch.rand(*input_shape, device=device),), str(tmp), dynamo=False, input_names=["image"], output_names=list(output_names),
                               dynamic_axes=axes, opset_version=opset)
             model = onnx.load(str(tmp))
             for k, v in (metadata or {}).items():
@@ -287,10 +292,11 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--config_file", default="bundle/configs/inference.json")
         p.add_argument("--ckpt_file", default=None, help="default: <bundle_root>/models/model.pt")
         p.add_argument("--net_id", default="network_def")
-    sub.choices["onnx"].add_argument("--filepath", default=None, help="default: <bundle_root>/models/model.onnx")
+    sub.choices["onnx"].add_argument("--filepath", default=None, help="default: next to the checkpoint, model.onnx (model.int8.onnx with --int8)")
     sub.choices["onnx"].add_argument("--meta_file", default=None, help="default: <bundle_root>/configs/metadata.json")
     sub.choices["onnx"].add_argument("--input_shape", type=_shape, default=(1, 3, 224, 224))
     sub.choices["onnx"].add_argument("--opset", type=int, default=ONNX_OPSET)
+    sub.choices["onnx"].add_argument("--int8", action="store_true", help="int8 dynamic quantisation (default file: models/model.int8.onnx)")
     sub.choices["verify"].add_argument("--ts", default=None)
     sub.choices["verify"].add_argument("--onnx", default=None)
     sub.choices["verify"].add_argument("--shapes", default=json.dumps([list(s) for s in DEFAULT_VERIFY_SHAPES]))
@@ -318,7 +324,9 @@ def main(argv: list[str] | None = None) -> int:
         metadata = {config_file.name: json.dumps(json.loads(config_file.read_text()))}
         if meta_file.is_file():
             metadata["metadata.json"] = json.dumps(json.loads(meta_file.read_text()))
-        out = export_onnx(net, args.filepath or bundle_root / "models" / "model.onnx", args.input_shape, args.opset, metadata=metadata)
+        from mcdrl.deploy.onnx_engine import build_onnx  # the engine's graph: pred, confounder_weights, lesion_score; weights sha256
+
+        out = build_onnx(net, ckpt, "onnxruntime-int8" if args.int8 else "onnxruntime", args.filepath, metadata, input_shape=args.input_shape, opset=args.opset)
         diffs = compare_outputs(net, {"onnx": onnx_runner(out)}, [args.input_shape])
         print(json.dumps({"onnx": str(out), "max_abs_diff_vs_eager": diffs["onnx"]}))
         return 0

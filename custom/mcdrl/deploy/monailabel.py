@@ -55,11 +55,15 @@ FINETUNE_CONFIG = "monailabel_finetune.json"
 PREVIOUS_DIR = "models/previous"
 
 class RuntimeOptionsInferer(SimpleInferer):
-    """``SimpleInferer`` that first sets MTRS ``alpha`` and ``use_intervention`` on the (MCDRL) network.
+    """``SimpleInferer`` that first sets MTRS ``alpha`` and ``use_intervention`` on the (MCDRL) network, then runs it
+    on the chosen engine.
 
     Args:
         alpha: fraction of positions MTRS keeps, in (0, 1]; None leaves the network's value.
         use_intervention: apply the causal intervention (False is the "w/o CDRL" ablation); None leaves it.
+        engine: ``torch`` (default), or ``onnxruntime`` / ``onnxruntime-int8``: the network's exported graph
+            (:mod:`mcdrl.deploy.onnx_engine`), checked against ``model_path`` before every call.
+        model_path: the weights the graph comes from (``models/model.pt``); needed by the onnxruntime engines.
 
     Values may arrive as strings (``"0.3"``, ``"false"``) from annotation clients; a bad value is a ``ValueError``
     naming the option. Networks without these attributes (e.g. TorchScript) run unchanged, with a warning when an
@@ -68,8 +72,14 @@ class RuntimeOptionsInferer(SimpleInferer):
     Shapes: ``inputs`` (B, 3, H, W) -> logits (B, 2, H, W), as the network's eval forward.
     """
 
-    def __init__(self, alpha: float | str | None = None, use_intervention: bool | str | None = None):
+    def __init__(self, alpha: float | str | None = None, use_intervention: bool | str | None = None, engine: str = "torch",
+                 model_path: str | os.PathLike | None = None):
         super().__init__()
+        from .onnx_engine import check_engine
+
+        self.engine, self.model_path = check_engine(engine), model_path
+        if self.engine != "torch" and not model_path:
+            raise ConfigError(f"engine {engine}: pass model_path, the weights its ONNX graph is exported from")
         self.alpha = None
         if alpha is not None:
             try:
@@ -97,6 +107,10 @@ class RuntimeOptionsInferer(SimpleInferer):
 
     def __call__(self, inputs: torch.Tensor, network, *args, **kwargs):
         self.apply(network)
+        if self.engine != "torch":
+            from .onnx_engine import engine_network
+
+            network = engine_network(unwrap(network), self.model_path, self.engine)
         return super().__call__(inputs, network, *args, **kwargs)
 
 

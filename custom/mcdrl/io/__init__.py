@@ -12,8 +12,8 @@ Pipeline (the steps are MONAI ``Transform`` s with dictionary twins, so they dro
 
 highdicom is imported only where a DICOM SEG is written (it is absent from MONAI Label's environment).
 
-Entry points: :class:`FolderInferenceRunner` (``bundle/configs/inference.json``'s ``run``) and ``python -m
-mcdrl.evaluation.speed.throughput`` (throughput of folder inference vs bare model calls).
+Entry point: :class:`FolderInferenceRunner` (``bundle/configs/inference.json``'s ``run``; its network may be the
+onnxruntime engine's, ``engine`` in inference.json). Its throughput: ``python -m mcdrl.evaluation.speed``.
 """
 
 from .dicom_seg import WriteDicomSeg, WriteDicomSegd, write_dicom_seg

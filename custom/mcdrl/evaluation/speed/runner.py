@@ -1,323 +1,248 @@
-"""The measurements behind ``python -m mcdrl.evaluation.speed``; each function returns plain JSON-ready dicts.
+"""The measurements of ``python -m mcdrl.evaluation.speed``, on the bundle's own configs with random CLIP weights.
 
-Definitions (also written into the JSON):
+* **forward**: the bare CLIP visual forward (open_clip ``model.visual`` on a CLIP-normalised S x S batch, pooled
+  embedding out) against the eval forward of the shipped configuration (``inference.json``) and of the same network
+  with the intervention on, interleaved, at batch 1 and 8; with the share of each part inside those forwards.
+* **train_step**: one step (forward, ``train.json``'s loss, backward, its AdamW) of the shipped configuration, of
+  the intervention on (lambda_causal 0.5), and of the Baseline (intervention off, L_seg only), interleaved.
+* **rss**: peak RSS of a fresh process that builds the network and runs inference.
+* **folder**: the bundle's ``folder_runner`` end to end on synthetic PNG frames with each engine (torch,
+  onnxruntime, onnxruntime-int8) next to bare ``net(x)`` calls on the same batches, interleaved.
 
-* **bare CLIP visual forward**: open_clip's ``model.visual(x)`` on an already CLIP-normalised (B, 3, S, S) tensor,
-  S = the CLIP input size: patch embedding, all transformer blocks, ``ln_post`` of the pooled token and ``proj``;
-  it returns the pooled embedding (B, d). No resize, no normalisation, no dense read-out.
-* **MCDRL eval forward**: ``MCDRLNet.eval()(x)`` on (B, 3, H, W) in [0, 1]: resize to S (skipped in cost when
-  H = W = S), normalisation, all blocks but the last, the MaskCLIP value path in place of the last block, dense
-  ``ln_post`` + ``proj`` for every patch, MTRS scoring and top-k, gather, the 3-layer intervention, scatter, the
-  conv decoder to S x S and the resize back to H x W.
-* **Baseline forward**: the same network with ``use_intervention=False`` (no intervention; everything else equal).
+Random weights time the same as trained ones; the engines' Dice needs the trained model and real data, so it is
+measured by ``make engine-dice`` and read by the report (see :mod:`.report`).
 """
 
 from __future__ import annotations
 
-import contextlib
+import argparse
+import copy
+import datetime
+import shlex
 import statistics
-import time
+import sys
+import tempfile
+from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 
-from mcdrl.engines.training import param_groups
-from mcdrl.networks.losses import MCDRLLoss
+from mcdrl.paths import default_bundle_root
 
-from .fast import AutocastInferer, compile_network, mask_dice
-from .models import build_network, random_batch
-from .timing import ModuleTimer, interleaved, paired_ratio, sync
+from . import report
+from .timing import PartTimer, interleaved, machine_info, paired_ratio, peak_rss_mb
 
-__all__ = ["bf16_check", "compile_check", "folder_throughput", "forward_rows", "profile_top", "thread_check", "train_rows"]
+__all__ = ["folder_rows", "forward_rows", "main", "part_shares", "random_network", "train_row"]
 
-
-def autocast_ctx(device: str):
-    """bf16 autocast on CUDA (the GPU benchmark's setting); nothing on CPU (fp32)."""
-    if torch.device(device).type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
+QUICK_MODEL = "mcdrl-tiny-vit"
+ENGINES = ("torch", "onnxruntime", "onnxruntime-int8")
 
 
-def _run(net, x, use_intervention: bool):
-    net.use_intervention = use_intervention
-    return net(x)
+def _parser(config: str, model_name: str, **overrides):
+    from monai.bundle import ConfigParser
+
+    configs = Path(default_bundle_root()) / "configs"
+    parser = ConfigParser()
+    parser.read_config([str(configs / c) for c in config.split("+")])
+    parser.update({"clip_model": model_name, "clip_weights": None, "dictionary_path": None, "device": "$torch.device('cpu')", **overrides})
+    return parser
 
 
-def _parts(net, x, repeats: int, device: str) -> dict:
-    """Time spent in the selector, the intervention and the head *inside* real MCDRL eval forwards.
+def _randomise_dictionary(net, seed: int) -> None:
+    gen = torch.Generator().manual_seed(seed + 1)
+    for name in ("confounders", "class_embeddings", "class_anchors", "background_embedding"):
+        buf = getattr(net.dictionary, name)
+        buf.copy_(F.normalize(torch.randn(buf.shape, generator=gen), dim=-1))
 
-    Each value is the median over ``repeats`` forwards (per forward: the part's time, and its share of that forward),
-    so that one forward slowed by the machine does not move the figure.
-    """
-    names = {"selector": net.selector, "intervention": net.intervention, "head": net.head}
-    timer = ModuleTimer(names, device)
-    net.use_intervention = True
-    per = {k: [] for k in [*names, "forward"]}
-    with timer.active():
-        for _ in range(repeats):
+
+def random_network(model_name: str, seed: int = 0, config: str = "inference.json", **overrides):
+    """``network_def`` of the bundle config (``inference.json``; ``a.json+b.json`` merges) with random CLIP weights and
+    a random unit-vector dictionary, in eval mode. ``overrides``: config keys (``intervention_heads=2``, ...).
+
+    Returns MCDRLNet; eval ``forward`` maps (B, 3, H, W) in [0, 1] to logits (B, 2, H, W)."""
+    torch.manual_seed(seed)
+    net = _parser(config, model_name, **overrides).get_parsed_content("network_def")
+    _randomise_dictionary(net, seed)
+    return net.eval()
+
+
+def part_shares(net, x: torch.Tensor, rounds: int, clock=None) -> dict:
+    """Share of each part in ``rounds`` eval forwards (median of per-forward shares): backbone, MTRS, intervention,
+    head, presence (lesion score and gate), other (resizes, gathers, the rest). Returns ``{part: share}`` summing to ~1."""
+    parts = {
+        "backbone": [(net.backbone, "forward_tokens"), (net.backbone, "forward_dense")],
+        "mtrs": [(net.selector, "forward")],
+        "intervention": [(net.intervention, "forward"), (net.intervention, "forward_with_weights")],
+        "head": [(net.head, "forward")],
+        "presence": [(net, "lesion_score"), (net, "gate")],
+    }
+    timer = PartTimer(parts, **({"clock": clock} if clock else {}))
+    shares: dict[str, list[float]] = {p: [] for p in [*parts, "other"]}
+    with torch.inference_mode(), timer.active():
+        for _ in range(rounds):
             timer.reset()
-            sync(device)
-            start = time.perf_counter()
+            start = timer.clock()
             net(x)
-            sync(device)
-            per["forward"].append((time.perf_counter() - start) * 1e3)
-            for k in names:
-                per[k].append(timer.total_ms[k])
-    out = {f"{k}_ms": statistics.median(v) for k, v in per.items()}
-    out["other_ms"] = statistics.median(f - sum(per[k][i] for k in names) for i, f in enumerate(per["forward"]))
-    out["intervention_fraction"] = statistics.median(t / f for t, f in zip(per["intervention"], per["forward"]))
-    out["head_fraction"] = statistics.median(t / f for t, f in zip(per["head"], per["forward"]))
-    return out
+            total = (timer.clock() - start) * 1e3
+            for p in parts:
+                shares[p].append(timer.ms[p] / total)
+            shares["other"].append(1.0 - sum(timer.ms.values()) / total)
+    return {p: statistics.median(v) for p, v in shares.items()}
 
 
-def forward_rows(model_name: str, batches: list[int], sizes: list[int | None], repeats: int, device: str = "cpu") -> list[dict]:
-    """Bare visual vs MCDRL eval vs Baseline eval, interleaved, for each batch and input size.
+def forward_rows(model_name: str, batches: list[int], rounds: int) -> list[dict]:
+    """Bare CLIP visual vs the shipped eval forward vs the same with the intervention on, interleaved, S x S input."""
+    net = random_network(model_name)
+    shipped = net.use_intervention
+    s, rows = net.image_size, []
 
-    ``sizes``: input sides; ``None`` means the CLIP input size S. The bare visual always runs at S (it cannot take
-    another size); MCDRL and Baseline get the H x W input and resize internally.
-    """
-    net = build_network(model_name).to(device)
-    s = net.image_size
-    rows = []
-    with torch.inference_mode(), autocast_ctx(device):
-        for b in batches:
-            x_clip = torch.rand(b, 3, s, s, device=device)
-            xn = net.backbone.normalize(x_clip)
-            for side in dict.fromkeys(s if size is None else int(size) for size in sizes):
-                x = x_clip if side == s else torch.rand(b, 3, side, side, device=device)
-                fns = {
-                    "visual": lambda: net.backbone.visual(xn),
-                    "mcdrl": lambda: _run(net, x, True),
-                    "baseline": lambda: _run(net, x, False),
-                }
-                t = interleaved(fns, repeats=repeats, warmup=1, device=device)
-                parts = _parts(net, x, max(3, repeats), device)
-                rows.append(
-                    {
-                        "model": model_name,
-                        "batch": b,
-                        "input_size": side,
-                        "clip_size": s,
-                        "visual_ms": t["visual"]["median_ms"],
-                        "mcdrl_ms": t["mcdrl"]["median_ms"],
-                        "baseline_ms": t["baseline"]["median_ms"],
-                        "mcdrl_over_visual": paired_ratio(t, "mcdrl", "visual"),
-                        "baseline_over_visual": paired_ratio(t, "baseline", "visual"),
-                        "mcdrl_over_baseline": paired_ratio(t, "mcdrl", "baseline"),
-                        "mcdrl_over_visual_of_medians": t["mcdrl"]["median_ms"] / t["visual"]["median_ms"],
-                        "parts": parts,
-                        "rounds_ms": {k: v["times_ms"] for k, v in t.items()},
-                        "repeats": repeats,
-                    }
-                )
-    net.use_intervention = True
+    def run(on: bool):
+        net.use_intervention = on
+        return net(x)
+
+    for b in batches:
+        x = torch.rand(b, 3, s, s)
+        xn = net.backbone.normalize(x)
+        with torch.inference_mode():
+            t = interleaved({"visual": lambda: net.backbone.visual(xn), "shipped": lambda: run(shipped), "intervention": lambda: run(True)}, rounds)
+        row = {"model": model_name, "batch": b, "input_size": s, "shipped_intervention": shipped, "rounds_ms": t,
+               **{f"{k}_ms": statistics.median(v) for k, v in t.items()},
+               "shipped_over_visual": paired_ratio(t, "shipped", "visual"), "intervention_over_visual": paired_ratio(t, "intervention", "visual")}
+        for on in (shipped, True):
+            net.use_intervention = on
+            row[f"parts_{'intervention' if on else 'shipped'}"] = part_shares(net, x, max(3, rounds // 2))
+        rows.append(row)
+    net.use_intervention = shipped
     return rows
 
 
-def profile_top(model_name: str, batch: int = 1, top: int = 12, runs: int = 2, device: str = "cpu") -> list[dict]:
-    """torch.profiler over ``runs`` MCDRL eval forwards; the ``top`` operators by self time, per forward."""
-    from torch.profiler import ProfilerActivity, profile
-
-    net = build_network(model_name).to(device)
-    x = torch.rand(batch, 3, net.image_size, net.image_size, device=device)
-    cuda = torch.device(device).type == "cuda"
-    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
-    with torch.inference_mode(), autocast_ctx(device):
-        net(x)
-        with profile(activities=activities) as prof:
-            for _ in range(runs):
-                net(x)
-            sync(device)
-    events = list(prof.key_averages())
-    key = (lambda e: getattr(e, "self_device_time_total", 0.0)) if cuda else (lambda e: e.self_cpu_time_total)
-    total = sum(key(e) for e in events) or 1.0
-    events.sort(key=key, reverse=True)
-    return [
-        {"op": e.key, "self_ms_per_forward": key(e) / 1e3 / runs, "self_pct": 100.0 * key(e) / total, "calls_per_forward": e.count / runs}
-        for e in events[:top]
-    ]
+def _variant(loss, **attrs):
+    out = copy.copy(loss)
+    for k, v in attrs.items():
+        setattr(out, k, v)
+    return out
 
 
-def train_rows(model_name: str, batch: int, repeats: int, device: str = "cpu") -> dict:
-    """One training step (forward + loss + backward + AdamW) of MCDRL vs Baseline on the same batch, interleaved.
+def train_row(model_name: str, batch: int, rounds: int) -> dict:
+    """One training step of ``train.json`` (its network, loss and AdamW; random CLIP weights and batch) for the shipped
+    configuration, the intervention on (lambda_causal 0.5), and the Baseline (intervention off, L_seg only), interleaved.
+    One network and optimiser serve all three (the intervention's parameters get no gradient when it is off)."""
+    torch.manual_seed(0)
+    parser = _parser("train.json", model_name)
+    net = parser.get_parsed_content("network_def").train()
+    _randomise_dictionary(net, 0)
+    loss, opt = parser.get_parsed_content("loss"), parser.get_parsed_content("optimizer")
+    s = net.image_size
+    x = torch.rand(batch, 3, s, s)
+    target = {"label": (torch.rand(batch, 1, s, s) > 0.8).float(), "lesion_class": torch.randint(0, len(net.dictionary.class_embeddings), (batch,))}
+    shipped = net.use_intervention
 
-    MCDRL: intervention on, the bundle's loss (L_seg + 0.5 L_causal + 0.1 L_contrast). Baseline: the same network
-    and loss with ``use_intervention=False`` (L_causal switches itself off). ``baseline_seg_only``: the paper's
-    Baseline objective, L_seg only. Optimiser: AdamW with the bundle's parameter groups (lr 0.005, CLIP x0.01).
-    """
-    net = build_network(model_name, use_intervention=True).train().to(device)  # one network: half the memory
-    data = random_batch(batch, net.image_size)
-    x = data["image"].to(device)
-    target = {"label": data["label"].to(device), "lesion_class": data["lesion_class"].to(device)}
-    # one optimiser: in Baseline steps the intervention has no gradients and AdamW skips it, as for a Baseline network
-    opt = torch.optim.AdamW(param_groups(net, 0.005, 0.01, 1e-4), lr=0.005)
-
-    def make_step(use_intervention: bool, loss_fn):
-        def step():
-            net.use_intervention = use_intervention
-            opt.zero_grad(set_to_none=True)
-            with autocast_ctx(device):
-                loss = loss_fn(net(x), target)
-            loss.backward()
-            opt.step()
-
-        return step
-
-    fns = {
-        "mcdrl": make_step(True, MCDRLLoss(net.dictionary).to(device)),
-        "baseline": make_step(False, MCDRLLoss(net.dictionary).to(device)),
-        "baseline_seg_only": make_step(False, MCDRLLoss(net.dictionary, lambda_causal=0.0, lambda_contrast=0.0).to(device)),
-    }
-    t = interleaved(fns, repeats=repeats, warmup=1, device=device)
-    net.use_intervention = True
-    return {
-        "model": model_name,
-        "batch": batch,
-        "input_size": net.image_size,
-        "mcdrl_ms": t["mcdrl"]["median_ms"],
-        "baseline_ms": t["baseline"]["median_ms"],
-        "baseline_seg_only_ms": t["baseline_seg_only"]["median_ms"],
-        "ratio": paired_ratio(t, "mcdrl", "baseline"),
-        "ratio_vs_seg_only": paired_ratio(t, "mcdrl", "baseline_seg_only"),
-        "ratio_of_medians": t["mcdrl"]["median_ms"] / t["baseline"]["median_ms"],
-        "rounds_ms": {k: v["times_ms"] for k, v in t.items()},
-        "repeats": repeats,
-    }
-
-
-def bf16_check(model_name: str, batch: int, repeats: int, device: str = "cpu") -> dict:
-    """fp32 vs :class:`AutocastInferer` (bf16) MCDRL eval forward: time, and Dice between the argmax masks.
-
-    Random weights: the Dice figure shows the numeric drift of the bf16 path, not segmentation quality.
-    """
-    net = build_network(model_name).to(device)
-    x = torch.rand(batch, 3, net.image_size, net.image_size, device=device)
-    inferer = AutocastInferer("bfloat16")
-    with torch.inference_mode():
-        ref = net(x)
-        low = inferer(x, net)
-        t = interleaved({"fp32": lambda: net(x), "bf16": lambda: inferer(x, net)}, repeats=repeats, warmup=1, device=device)
-    dice = mask_dice(ref, low)
-    return {
-        "model": model_name,
-        "batch": batch,
-        "fp32_ms": t["fp32"]["median_ms"],
-        "bf16_ms": t["bf16"]["median_ms"],
-        "speedup": paired_ratio(t, "fp32", "bf16"),
-        "mask_dice_min": float(dice.min()),
-        "mask_dice_mean": float(dice.mean()),
-        "max_abs_logit_diff": float((ref - low).abs().max()),
-    }
-
-
-def thread_check(model_name: str, batch: int, repeats: int, thread_counts: list[int]) -> dict:
-    """MCDRL eval forward (CPU) with different ``torch.set_num_threads`` values, interleaved; restores the setting."""
-    net = build_network(model_name)
-    x = torch.rand(batch, 3, net.image_size, net.image_size)
-    before = torch.get_num_threads()
-
-    def with_threads(n):
+    def step(on: bool, loss_fn):
         def fn():
-            torch.set_num_threads(n)
-            return net(x)
+            net.use_intervention = on
+            opt.zero_grad(set_to_none=True)
+            loss_fn(net(x), target).backward()
+            opt.step()
 
         return fn
 
-    try:
-        with torch.inference_mode():
-            t = interleaved({str(n): with_threads(n) for n in thread_counts}, repeats=repeats, warmup=1)
-    finally:
-        torch.set_num_threads(before)
-    return {"model": model_name, "batch": batch, "median_ms_by_threads": {k: v["median_ms"] for k, v in t.items()}}
+    t = interleaved({"shipped": step(shipped, loss), "intervention": step(True, _variant(loss, lambda_causal=0.5)),
+                     "baseline": step(False, _variant(loss, lambda_causal=0.0, lambda_contrast=0.0))}, rounds)
+    net.use_intervention = shipped
+    return {"model": model_name, "batch": batch, "input_size": s, "rounds_ms": t, **{f"{k}_ms": statistics.median(v) for k, v in t.items()},
+            "shipped_over_baseline": paired_ratio(t, "shipped", "baseline"), "intervention_over_baseline": paired_ratio(t, "intervention", "baseline")}
 
 
-def compile_check(model_name: str, batch: int, repeats: int, device: str = "cpu") -> dict:
-    """Eager vs ``torch.compile`` MCDRL eval forward: compile time, medians and the largest output difference."""
-    net = build_network(model_name).to(device)
-    x = torch.rand(batch, 3, net.image_size, net.image_size, device=device)
-    compiled = compile_network(net)
-    with torch.inference_mode(), autocast_ctx(device):
-        ref = net(x)
-        start = time.perf_counter()
-        out = compiled(x)
-        sync(device)
-        compile_s = time.perf_counter() - start
-        t = interleaved({"eager": lambda: net(x), "compiled": lambda: compiled(x)}, repeats=repeats, warmup=1, device=device)
-    return {
-        "model": model_name,
-        "batch": batch,
-        "compile_s": compile_s,
-        "eager_ms": t["eager"]["median_ms"],
-        "compiled_ms": t["compiled"]["median_ms"],
-        "speedup": paired_ratio(t, "eager", "compiled"),
-        "max_abs_diff": float((ref.float() - out.float()).abs().max()),
-    }
-
-
-def _write_frames(folder, n: int, size: int) -> None:
-    """``n`` PNG frames of ``size`` px: synthetic endoscopy frames when :mod:`mcdrl.synthetic` is there, else noise."""
-    import numpy as np
+def _folder_bundle(model_name: str, work: Path, n: int, size: int) -> Path:
+    """``work`` as a bundle root: random CLIP weights saved, their dictionary, ``models/model.pt``, ``n`` PNG frames."""
+    import open_clip
     from PIL import Image
+    from safetensors.torch import save_file
 
-    folder.mkdir(parents=True, exist_ok=True)
-    try:
-        from mcdrl.synthetic import SITES, sample_case
+    from mcdrl.networks.dictionary import build_dictionary
+    from mcdrl.synthetic import SITES, sample_case
 
-        frames = [sample_case(SITES["A"], seed, size).image for seed in range(n)]
-    except ImportError:
-        frames = list(np.random.default_rng(0).integers(0, 255, (n, size, size, 3), dtype=np.uint8))
-    for i, frame in enumerate(frames):
-        Image.fromarray(frame).save(folder / f"frame{i:03d}.png")
+    (work / "models").mkdir(parents=True)
+    torch.manual_seed(0)
+    clip = open_clip.create_model(model_name, pretrained=None)
+    save_file({k: v.contiguous() for k, v in clip.state_dict().items()}, str(work / "clip.safetensors"))
+    build_dictionary(model_name, work / "clip.safetensors", work / "dictionary.safetensors")
+    net = _parser("inference.json", model_name, **_files(work)).get_parsed_content("network_def")
+    torch.save(net.state_dict(), work / "models" / "model.pt")
+    (work / "frames").mkdir()
+    for i in range(n):
+        Image.fromarray(sample_case(SITES["ABCDE"[i % 5]], i, size).image).save(work / "frames" / f"f{i:03d}.png")
+    return work
 
 
-def folder_throughput(model_name: str, n_images: int = 16, size: int | None = None, batch: int = 8, rounds: int = 2, device: str = "cpu") -> dict:
-    """Folder inference throughput with :class:`mcdrl.io.FolderInferenceRunner` (the bundle's inference ``run``),
-    end to end (discovery, PNG decoding, batching, masks, summary), next to bare ``net(x)`` calls on the same
-    frames and batch size. Null, with a note saying why, when ``mcdrl.io`` is not available."""
-    import tempfile
-    from pathlib import Path
+def _files(work: Path) -> dict:
+    return {"bundle_root": str(work), "clip_weights": str(work / "clip.safetensors"), "dictionary_path": str(work / "dictionary.safetensors")}
 
-    try:
-        from mcdrl.io import FolderInferenceRunner
-    except ImportError as e:
-        return {"images_per_s": None, "note": f"NOT MEASURED: mcdrl.io.FolderInferenceRunner is not available ({e})"}
-    net = build_network(model_name).to(device)
-    side = int(size or net.image_size)
-    with tempfile.TemporaryDirectory(prefix="mcdrl-bench-") as tmp:
-        folder = Path(tmp) / "in"
-        _write_frames(folder, n_images, side)
-        x = torch.rand(batch, 3, side, side, device=device)
-        per_batch = -(-n_images // batch)
 
-        def folder_run(i=[0]):  # noqa: B006 - a fresh output folder per run
-            i[0] += 1
-            runner = FolderInferenceRunner(net, device, Path(tmp) / f"out{i[0]}", strict=False, batch_size=batch, progress=False)
-            results = runner.run(folder)
-            bad = [r for r in results if r.status != "ok"]
-            if bad:
-                raise RuntimeError(f"folder inference failed on {len(bad)} of {len(results)} frames: {bad[0]}")
+def folder_rows(model_name: str, n: int = 16, size: int = 224, batch: int = 8, rounds: int = 3, engines=ENGINES) -> dict:
+    """Images/s of ``folder_runner`` (inference.json's ``run``: discovery, PNG decoding, batches, masks, summary) with
+    each engine, and of bare ``net(x)`` on the same number of frames and batch size, interleaved (the first, untimed
+    round exports the ONNX graphs). Ratios: each engine / torch, and folder (torch) / bare, per round."""
+    with tempfile.TemporaryDirectory(prefix="mcdrl-speed-") as tmp:
+        work = _folder_bundle(model_name, Path(tmp), n, size)
+        runners, count = {}, [0]
+        for engine in engines:
+            runners[engine] = _parser("inference.json", model_name, **_files(work), engine=engine, strict=False, batch_size=batch).get_parsed_content("folder_runner")
+            runners[engine].progress = False
+        bare_net = runners["torch"].network
+        xs = [torch.rand(min(batch, n - i), 3, size, size) for i in range(0, n, batch)]
 
-        def bare_run():
+        def folder(engine):
+            def fn():
+                count[0] += 1
+                runners[engine].output_dir = work / f"out{count[0]}"
+                bad = [r for r in runners[engine].run(work / "frames") if r.status != "ok"]
+                if bad:
+                    raise RuntimeError(f"folder inference ({engine}) failed: {bad[0].reason}")
+
+            return fn
+
+        def bare():
             with torch.inference_mode():
-                for _ in range(per_batch):
-                    net(x)
+                for x in xs:
+                    bare_net(x)
 
-        try:
-            t = interleaved({"folder": folder_run, "bare": bare_run}, repeats=rounds, warmup=1, device=device)
-        except Exception as e:  # noqa: BLE001 - another engineer's API may change; say so instead of failing the run
-            return {"images_per_s": None, "note": f"NOT MEASURED: FolderInferenceRunner failed: {type(e).__name__}: {e}"}
-    folder_ips = n_images / (t["folder"]["median_ms"] / 1e3)
-    bare_ips = per_batch * batch / (t["bare"]["median_ms"] / 1e3)
-    return {
-        "images_per_s": folder_ips,
-        "bare_forward_images_per_s": bare_ips,
-        "folder_over_bare": paired_ratio(t, "bare", "folder") * n_images / (per_batch * batch),
-        "model": model_name,
-        "n_images": n_images,
-        "image_size": side,
-        "batch": batch,
-        "note": f"mcdrl.io.FolderInferenceRunner on {n_images} synthetic {side}x{side} PNG frames, batch {batch}, median of {rounds} runs",
-    }
+        t = interleaved({"bare": bare, **{e: folder(e) for e in engines}}, rounds)
+    ips = {k: n / (statistics.median(v) / 1e3) for k, v in t.items()}
+    return {"model": model_name, "images": n, "size": size, "batch": batch, "rounds_ms": t, "images_per_s": ips,
+            "folder_over_bare": paired_ratio(t, "bare", "torch"), **{f"{e}_over_torch": paired_ratio(t, "torch", e) for e in engines if e != "torch"}}
 
 
-def median(values: list[float]) -> float:
-    return statistics.median(values)
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    results = Path(default_bundle_root()) / "docs" / "results"
+    p = argparse.ArgumentParser(prog="python -m mcdrl.evaluation.speed", description=(__doc__ or "").splitlines()[0])
+    p.add_argument("--quick", action="store_true", help=f"smoke run: {QUICK_MODEL}, few rounds (checks the code, not the speed)")
+    p.add_argument("--models", nargs="+", default=None, help="open_clip configs (default: mcdrl-demo-vit ViT-B-16)")
+    p.add_argument("--rounds", type=int, default=None, help="interleaved rounds per forward comparison (default 9)")
+    p.add_argument("--output", default=str(results / "bench.json"))
+    p.add_argument("--markdown", default=str(results / "bench.md"), help="'' to skip")
+    p.add_argument("--dice-dir", default=str(Path(default_bundle_root()) / "eval"), help="where make engine-dice wrote engine_<engine>/")
+    a = p.parse_args(argv)
+    models = a.models or ([QUICK_MODEL] if a.quick else ["mcdrl-demo-vit", "ViT-B-16"])
+    rounds = a.rounds or (2 if a.quick else 9)
+    log = lambda msg: print(f"[mcdrl.evaluation.speed] {msg}", flush=True)  # noqa: E731
+    out = {"command": "python -m mcdrl.evaluation.speed " + shlex.join(argv), "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+           "machine": machine_info(), "main_model": models[-1], "forward": [], "train_step": [], "folder": [], "rss": {}}
+    for m in models:
+        log(f"forward {m}")
+        out["forward"] += forward_rows(m, [1, 2] if a.quick else [1, 8], rounds)
+        log(f"training step {m}")
+        out["train_step"].append(train_row(m, 2 if a.quick else 8, max(1, rounds // 3)))
+        log(f"peak RSS {m}")
+        out["rss"][m] = peak_rss_mb(m)
+        log(f"folder inference {m}, engines {list(ENGINES)}")
+        out["folder"].append(folder_rows(m, 4 if a.quick else 16, 64 if a.quick else 224, 2 if a.quick else 8, 1 if a.quick else 3))
+    out["machine"]["load_average_after"] = machine_info()["load_average"]
+    out["dice"] = report.engine_dice(a.dice_dir)
+    result = report.finish(out)
+    report.write(result, a.output, a.markdown or None)
+    for key, c in result["targets"].items():
+        print(f"{key:34s} {report.fmt(c['value'], 3):>8s}  target {c['target']:8s} {c['met']}")
+    print(f"wrote {a.output}" + (f" and {a.markdown}" if a.markdown else ""))
+    return 0

@@ -1,9 +1,9 @@
-"""Timing helpers: interleaved medians, per-module timing inside a real forward, and machine facts.
+"""Timing utilities: interleaved rounds, per-round ratios, time inside the network's parts, peak RSS, machine facts.
 
-Several engineers share the benchmark machine, so the candidates of one comparison (bare backbone, MCDRL,
-Baseline) are timed *interleaved*: every round runs each of them once, in a rotating order, and the median of the
-rounds is reported. A burst of load from another process then hits all candidates alike and the ratios stay
-meaningful even when the absolute times drift.
+Several engineers share the benchmark machine, so the candidates of one comparison are timed *interleaved*: every
+round runs each once, in a rotating order, and a ratio is the median of the per-round ratios. A burst of load then
+hits neighbours alike and the ratios stay meaningful while absolute times drift. Every function takes a ``clock``
+(default ``time.perf_counter``), so tests check what is computed with a fake clock, never how fast a machine is.
 """
 
 from __future__ import annotations
@@ -11,136 +11,131 @@ from __future__ import annotations
 import os
 import platform
 import statistics
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from contextlib import contextmanager
 
 import torch
-from torch import nn
 
-__all__ = ["ModuleTimer", "interleaved", "load_average", "machine_info", "paired_ratio", "sync"]
-
-
-def sync(device: torch.device | str) -> None:
-    """Wait for queued GPU work (no-op on CPU), so wall-clock timings are honest."""
-    if torch.device(device).type == "cuda":
-        torch.cuda.synchronize()
+__all__ = ["PartTimer", "interleaved", "machine_info", "paired_ratio", "peak_rss_mb"]
 
 
-def interleaved(fns: dict[str, Callable[[], object]], repeats: int, warmup: int = 1, device: str = "cpu") -> dict[str, dict]:
-    """Time each callable ``repeats`` times, interleaved round by round in a rotating order.
+def interleaved(fns: dict[str, Callable[[], object]], rounds: int, warmup: int = 1, clock: Callable[[], float] = time.perf_counter) -> dict[str, list[float]]:
+    """Run each callable once per round, in an order rotated by one each round, after ``warmup`` untimed rounds.
 
     Returns:
-        ``{name: {"median_ms", "min_ms", "max_ms", "repeats", "times_ms"}}``; ``times_ms`` is in round order, so
-        ``times_ms[i]`` of two names were measured side by side (see :func:`paired_ratio`).
+        ``{name: [ms of round 0, ms of round 1, ...]}``: entry ``i`` of two names ran in the same round.
     """
     names = list(fns)
     for _ in range(warmup):
         for name in names:
             fns[name]()
-    sync(device)
     times: dict[str, list[float]] = {n: [] for n in names}
-    for r in range(repeats):
-        order = names[r % len(names) :] + names[: r % len(names)]
-        for name in order:
-            sync(device)
-            start = time.perf_counter()
+    for r in range(rounds):
+        for name in names[r % len(names):] + names[: r % len(names)]:
+            start = clock()
             fns[name]()
-            sync(device)
-            times[name].append((time.perf_counter() - start) * 1e3)
-    return {n: {"median_ms": statistics.median(t), "min_ms": min(t), "max_ms": max(t), "repeats": len(t), "times_ms": t} for n, t in times.items()}
+            times[name].append((clock() - start) * 1e3)
+    return times
 
 
-def paired_ratio(t: dict[str, dict], num: str, den: str) -> float:
-    """Median over rounds of ``num`` time / ``den`` time measured in the same round.
-
-    Under a load that drifts during the run (other jobs starting or stopping), the ratio of two medians mixes
-    rounds run under different conditions; the per-round ratio compares neighbours, so drift cancels.
-    """
-    return statistics.median(a / b for a, b in zip(t[num]["times_ms"], t[den]["times_ms"]))
+def paired_ratio(times: dict[str, list[float]], num: str, den: str) -> float:
+    """Median over rounds of ``num``'s time / ``den``'s time in the same round (load drift cancels)."""
+    return statistics.median(a / b for a, b in zip(times[num], times[den]))
 
 
-class ModuleTimer:
-    """Wall-clock time spent inside chosen submodules during real forwards (forward pre/post hooks).
+class PartTimer:
+    """Wall-clock ms spent in named methods during real forwards, by wrapping them on the instances while active.
+
+    Args:
+        parts: ``{part: [(object, method name), ...]}``; a part's time counts only its outermost call, so a method
+            of a part that calls another of the same part is not counted twice.
+        clock: a callable returning seconds.
 
     Example:
-        >>> timer = ModuleTimer({"intervention": net.intervention, "head": net.head})
+        >>> timer = PartTimer({"head": [(net.head, "forward")], "presence": [(net, "lesion_score"), (net, "gate")]})
         >>> with timer.active():
         ...     net(x)
-        >>> timer.total_ms["intervention"]
+        >>> timer.ms["head"]
     """
 
-    def __init__(self, modules: dict[str, nn.Module], device: str = "cpu"):
-        self.modules = modules
-        self.device = device
-        self.total_ms = {n: 0.0 for n in modules}
-        self.calls = {n: 0 for n in modules}
-        self._start: dict[str, float] = {}
+    def __init__(self, parts: dict[str, list[tuple[object, str]]], clock: Callable[[], float] = time.perf_counter):
+        self.parts, self.clock = parts, clock
+        self.ms = {p: 0.0 for p in parts}
+        self._depth = {p: 0 for p in parts}
 
     def reset(self) -> None:
-        self.total_ms = {n: 0.0 for n in self.modules}
-        self.calls = {n: 0 for n in self.modules}
+        self.ms = {p: 0.0 for p in self.parts}
+
+    def _wrap(self, part: str, fn: Callable) -> Callable:
+        def timed(*args, **kwargs):
+            self._depth[part] += 1
+            start = self.clock()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                self._depth[part] -= 1
+                if self._depth[part] == 0:
+                    self.ms[part] += (self.clock() - start) * 1e3
+
+        return timed
 
     @contextmanager
     def active(self):
-        handles = []
-        for name, module in self.modules.items():
-            handles.append(module.register_forward_pre_hook(self._pre(name)))
-            handles.append(module.register_forward_hook(self._post(name)))
+        patched = []
         try:
+            for part, methods in self.parts.items():
+                for obj, name in methods:
+                    had = name in vars(obj)
+                    patched.append((obj, name, had, vars(obj).get(name)))
+                    setattr(obj, name, self._wrap(part, getattr(obj, name)))
             yield self
         finally:
-            for h in handles:
-                h.remove()
-
-    def _pre(self, name: str):
-        def hook(module, args):
-            sync(self.device)
-            self._start[name] = time.perf_counter()
-
-        return hook
-
-    def _post(self, name: str):
-        def hook(module, args, output):
-            sync(self.device)
-            self.total_ms[name] += (time.perf_counter() - self._start[name]) * 1e3
-            self.calls[name] += 1
-
-        return hook
+            for obj, name, had, old in reversed(patched):
+                if had:
+                    setattr(obj, name, old)
+                else:
+                    delattr(obj, name)
 
 
-def load_average() -> list[float]:
-    """``os.getloadavg()`` (1, 5 and 15 minutes), rounded."""
-    return [round(v, 2) for v in os.getloadavg()]
+#: run in a fresh process by :func:`peak_rss_mb`: build the network, run eval forwards, print VmHWM (MiB)
+_RSS_CHILD = """
+import sys, torch
+from mcdrl.evaluation.speed.runner import random_network
+net = random_network(sys.argv[1])
+with torch.inference_mode():
+    for _ in range(2):
+        net(torch.rand(int(sys.argv[2]), 3, net.image_size, net.image_size))
+print([int(l.split()[1]) for l in open('/proc/self/status') if l.startswith('VmHWM:')][0] / 1024.0)
+"""
 
 
-def _cpu_model() -> str:
+def peak_rss_mb(model_name: str, batch: int = 1, timeout: int = 900) -> float:
+    """Peak resident memory (MiB, the kernel's ``VmHWM``) of a fresh process that builds the network (random
+    weights) and runs two eval forwards: nothing this process allocated counts. Linux only."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.run([sys.executable, "-c", _RSS_CHILD, model_name, str(batch)], capture_output=True, text=True, timeout=timeout, env=env)
+    if proc.returncode != 0:
+        raise RuntimeError(f"peak RSS probe failed (exit {proc.returncode}): {proc.stderr[-1500:]}")
+    return float(proc.stdout.strip().splitlines()[-1])
+
+
+def machine_info() -> dict:
+    """CPU model, cores, load average, torch version and threads, OpenMP settings."""
+    cpu = platform.processor() or "unknown"
     try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
+        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+    except (OSError, StopIteration):
         pass
-    return platform.processor() or "unknown"
-
-
-def machine_info(device: str = "cpu") -> dict:
-    """Cores, CPU model, torch version and threads, and the GPU when ``device`` is cuda."""
-    info = {
-        "cpu": _cpu_model(),
-        "logical_cores": os.cpu_count(),
+    return {
+        "cpu": cpu,
         "usable_cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "load_average": [round(v, 2) for v in os.getloadavg()],
         "torch": torch.__version__,
         "torch_threads": torch.get_num_threads(),
-        "torch_interop_threads": torch.get_num_interop_threads(),
         "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"),
-        "mkldnn": torch.backends.mkldnn.is_available(),
+        "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY"),
         "python": platform.python_version(),
-        "platform": platform.platform(),
-        "device": device,
     }
-    if torch.device(device).type == "cuda" and torch.cuda.is_available():
-        info["gpu"] = torch.cuda.get_device_name(0)
-        info["cuda"] = torch.version.cuda
-    return info

@@ -49,6 +49,9 @@ data/synthetic/datalist.json: | $(STAMP)
 	$(PY) -m mcdrl.synthetic --out data/synthetic --sites A B C D E --n 160 --extra_training 440 --seed 0
 data/heldout_F/datalist.json: | $(STAMP)
 	$(PY) -m mcdrl.synthetic --out data/heldout_F --sites F --n 160 --seed 1 --split 1.0 0.0
+## the held-out site's own frames for the oracle rows (other scenes than data/heldout_F: seed 2)
+data/oracle_F/datalist.json: | $(STAMP)
+	$(PY) -m mcdrl.synthetic --out data/oracle_F --sites F --n 600 --seed 2 --split 0.8 0.2
 
 regenerate-model: $(STAMP)
 	rm -rf data/synthetic bundle/runs/train bundle/models/model.pt bundle/models/previous
@@ -74,8 +77,8 @@ demo-results: $(STAMP) data/synthetic/datalist.json data/heldout_F/datalist.json
 
 ## make model-reports: the shipped model against a MONAI UNet trained for the same wall time, and under shifts and at a
 ## new site -> bundle/docs/results/compare.* and robustness.*
-model-reports: $(STAMP) data/synthetic/datalist.json data/heldout_F/datalist.json
-	$(PY) -m mcdrl.evaluation.compare
+model-reports: $(STAMP) data/synthetic/datalist.json data/heldout_F/datalist.json data/oracle_F/datalist.json
+	$(PY) -m mcdrl.evaluation.compare --oracle data/oracle_F/datalist.json
 	$(PY) -m mcdrl.evaluation.robustness
 
 ## make onnx: the onnxruntime engine's graphs next to the weights (models/model.onnx, model.int8.onnx); the engine

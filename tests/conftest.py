@@ -27,6 +27,7 @@ TINY_OVERRIDES = {
     "decoder_channels": [16, 8],
     "decoder_skip_channels": [4, 8],
     "num_workers": 0,
+    "train_size": 64,  # the tiny CLIP's input size: tests train on 64 px frames
 }
 
 #: the paper's causal intervention with its L_causal, which the shipped train.json leaves off: for the tests of its

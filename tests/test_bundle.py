@@ -148,7 +148,8 @@ def test_network_def_and_knobs_agree_between_train_and_inference():
     assert train["network_def"] == infer["network_def"]
     for key in ("clip_model", "readout", "lesion_classes", "num_confounders", "alpha", "mtrs_scoring", "use_intervention",
                 "intervention_layers", "intervention_heads", "decoder_channels", "decoder_skip_channels", "deconfounding",
-                "presence_decision", "tau", "image_size", "embed_dim", "dictionary_path"):
+                "presence_decision", "tau", "image_size", "embed_dim", "dictionary_path", "intervention_residual", "head_input",
+                "head_resolution"):
         assert train[key] == infer[key], key
     assert infer["clip_weights"] is None  # inference takes every weight from model.pt, never from CLIP files
     shared = lambda pre: [t for t in pre["transforms"] if t["_target_"] in ("mcdrl.transforms.ToModelInputd", "EnsureChannelFirstd")]

@@ -51,6 +51,30 @@ def test_compare_trains_a_unet_for_the_budget_and_scores_both(tiny_bundle, tmp_p
     assert "| shipped MCDRL | held-out site | 6 |" in md and str(tmp_path) not in md + json.dumps(doc)
 
 
+def test_compare_oracle_rows_train_on_the_held_out_site_and_give_the_dg_efficiency(tiny_bundle, tmp_path):
+    """Issue 23: --oracle trains the shipped configuration and the UNet on the held-out site's own frames (here: the
+    tiny world's training split, scoring its validation split) and reports Dice(held-out) / Dice(oracle); an oracle
+    datalist that shares images with the scored split is refused before anything trains."""
+    from mcdrl.evaluation.compare import dg_efficiency
+
+    assert dg_efficiency(0.4, 0.5) == 0.8 and dg_efficiency(0.3, 0.0) is None
+    data = tiny_bundle["world"]["datalist"]
+    args = ["--bundle_root", str(tiny_bundle["root"]), "--budget_s", "0.001", "--datalist", str(data), "--heldout", str(data),
+            "--work_dir", str(tmp_path / "work"), "--out", str(tmp_path / "out"), *tiny_bundle["sets"], "--unet_epochs", "1",
+            "--batch_size", "2"]
+    bad = _run("mcdrl.evaluation.compare", [*args, "--heldout_split", "training", "--oracle", str(data)])
+    assert bad.returncode != 0 and "shares images with the scored held-out split" in bad.stderr + bad.stdout
+    assert not (tmp_path / "work").exists()  # refused before training
+    proc = _run("mcdrl.evaluation.compare", [*args, "--heldout_split", "validation", "--oracle", str(data)])
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    doc = json.loads((tmp_path / "out" / "compare.json").read_text())
+    for model in ("shipped MCDRL", "MONAI UNet (same wall time)"):
+        oracle = doc["results"][f"oracle {'MCDRL' if 'MCDRL' in model else 'UNet'} (trained on the held-out site)"]["held-out site"]
+        assert oracle["n"] == 2 and (tmp_path / "work" / ("oracle_mcdrl" if "MCDRL" in model else "oracle_unet") / "models" / "model.pt").is_file()
+        assert doc["dg_efficiency"][model] == dg_efficiency(doc["results"][model]["held-out site"]["dice"], oracle["dice"])
+    assert "DG efficiency" in (tmp_path / "out" / "compare.md").read_text()
+
+
 def test_compare_gives_the_unet_as_many_epochs_as_fit_the_budget(tiny_bundle, tmp_path):
     """Without --unet_epochs a timed 1-epoch run sets the UNet's schedule length, so its cosine ends within the budget."""
     from mcdrl.evaluation.compare import unet_epochs_for

@@ -9,8 +9,14 @@ the held-out site::
     python -m mcdrl.evaluation.compare                      # budget from bundle/docs/results/demo_model.json
     python -m mcdrl.evaluation.compare --budget_s 1500 --heldout data/heldout_F/datalist.json
     python -m mcdrl.evaluation.compare --skip_training             # re-score the UNet of an earlier run
+    python -m mcdrl.evaluation.compare --oracle data/oracle_F/datalist.json   # and the ceiling (below)
 
 Any other ``--key value`` goes to the UNet's training run (``--batch_size 16``); its epochs are ``--unet_epochs``.
+
+With ``--oracle DATALIST`` (the held-out site's own frames, disjoint from the scored ones: its training split trains,
+its validation split selects) two more rows are the ceiling: the shipped configuration (``train.json``, its epochs)
+and the UNet (its epochs), each trained on the held-out site itself and scored on the same held-out images. The report
+gives the DG efficiency of each model: Dice at the held-out site never trained on / Dice of its oracle.
 
 Writes ``compare.json`` and ``compare.md`` (into ``bundle/docs/results/`` by default); the UNet's run (log, weights)
 stays in ``--work_dir`` (git-ignored ``bundle/runs/compare``). Nothing here reads a held-out image while training.
@@ -30,12 +36,18 @@ from pathlib import Path
 from mcdrl.evaluation.scoring import build_bundle_network, load_labelled_images, parse_sets, score_images, summarise, write_json, write_report
 from mcdrl.paths import default_bundle_root, portable_command, repo_relative
 
-__all__ = ["main"]
+__all__ = ["dg_efficiency", "main"]
 
 
-def _train_unet(configs: Path, bundle: Path, work: Path, budget_s: float | None, extra: list[str]) -> dict:
+ORACLE = {"shipped MCDRL": "oracle MCDRL (trained on the held-out site)", "MONAI UNet (same wall time)": "oracle UNet (trained on the held-out site)"}
+
+
+def _train_unet(configs: Path, bundle: Path, work: Path, budget_s: float | None, extra: list[str],
+                variants: tuple[str, ...] = ("unet.json",)) -> dict:
+    """One training run of ``train.json`` + ``variants`` through the bundle CLI into ``work`` (weights in
+    ``work/models``); returns its ``training_time.json`` record."""
     cmd = [sys.executable, "-m", "monai.bundle", "run", "training", "--config_file",
-           str([str(configs / "train.json"), str(configs / "unet.json")]),
+           str([str(configs / "train.json"), *[str(configs / v) for v in variants]]),
            "--meta_file", str(configs / "metadata.json"), "--logging_file", str(configs / "logging.conf"),
            "--bundle_root", str(bundle), "--ckpt_dir", str(work / "models"), "--output_dir", str(work / "run"),
            "--resume", "false", *(["--time_budget_s", str(budget_s)] if budget_s else []), *extra]
@@ -44,7 +56,7 @@ def _train_unet(configs: Path, bundle: Path, work: Path, budget_s: float | None,
     with open(work / "train.log", "w") as log:
         proc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "HF_HUB_OFFLINE": "1"})
     if proc.returncode != 0:
-        raise SystemExit(f"UNet training failed (exit {proc.returncode}); see {work / 'train.log'}")
+        raise SystemExit(f"training {' + '.join(['train.json', *variants])} failed (exit {proc.returncode}); see {work / 'train.log'}")
     record = json.loads((work / "run" / "training_time.json").read_text())
     record["process_s"] = round(time.perf_counter() - t0, 1)
     return record
@@ -90,6 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--unet_epochs", type=int, default=None,
                    help="the UNet's max_epochs (its cosine schedule's length); default: as many as fit the budget, from a timed 1-epoch run")
     p.add_argument("--set", action="append", default=[], metavar="KEY=JSON", help="a config value for both models (repeatable)")
+    p.add_argument("--oracle", default=None, help="the held-out site's own training frames (a datalist): adds the oracle rows")
     a, unet_overrides = p.parse_known_args(argv)  # anything else is passed to the UNet's training run (--key value)
     if "--max_epochs" in unet_overrides:
         p.error("the UNet's epochs are --unet_epochs (default: as many as fit the budget)")
@@ -105,6 +118,12 @@ def main(argv: list[str] | None = None) -> int:
     budget = a.budget_s or shipped_record.get("training", {}).get("seconds")
     if not budget:
         raise SystemExit(f"no --budget_s given and {record_file} has no training.seconds")
+    oracle = Path(a.oracle) if a.oracle else None
+    if oracle is not None:  # checked before any training
+        if not oracle.is_file():
+            raise SystemExit(f"--oracle {oracle}: no such datalist")
+        if _image_paths(oracle, "training") & _image_paths(heldout, a.heldout_split):
+            raise SystemExit(f"--oracle {oracle} shares images with the scored held-out split of {heldout}: an oracle must not train on them")
     unet_record = None
     if not a.skip_training:
         extra = ["--dataset_dir", str(datalist.parent),
@@ -119,6 +138,16 @@ def main(argv: list[str] | None = None) -> int:
         unet_record.update({"max_epochs": epochs, "timed_epoch_s": epoch_s})
     elif (work / "run" / "training_time.json").is_file():
         unet_record = _reused_unet_record(work, out / "compare.json", float(budget))
+    oracle_records = {}
+    if a.oracle:
+        extra = ["--dataset_dir", str(oracle.parent), *[x for k, v in sets.items() if k != "bundle_root" for x in (f"--{k}", v if isinstance(v, str) else json.dumps(v))]]
+        unet_epochs = (unet_record or {}).get("max_epochs") or a.unet_epochs
+        for name, variants, epochs in (("shipped MCDRL", (), None), ("MONAI UNet (same wall time)", ("unet.json",), unet_epochs)):
+            run = work / ("oracle_mcdrl" if not variants else "oracle_unet")
+            if not (a.skip_training and (run / "models" / "model.pt").is_file()):
+                oracle_records[name] = _train_unet(configs, bundle, run, None, [*extra, *(["--max_epochs", str(epochs)] if epochs else [])], variants)
+            models_files = [str(configs / "train.json"), *[str(configs / v) for v in variants]]
+            oracle_records.setdefault(name, {"reused": "--skip_training"})["files"] = models_files
     images = {"validation (source sites)": load_labelled_images(datalist, "validation"),
               "held-out site": load_labelled_images(heldout, a.heldout_split)}
     models = {
@@ -129,11 +158,21 @@ def main(argv: list[str] | None = None) -> int:
     for name, (net, post) in models.items():
         results[name] = {s: summarise(score_images(net, imgs, post)) for s, imgs in images.items()}
         print(name, {s: (r["dice"], r["false_alarm_rate"], r["sensitivity"]) for s, r in results[name].items()}, flush=True)
+    efficiency = {}
+    for name, rec in oracle_records.items():
+        run = work / ("oracle_unet" if "unet.json" in " ".join(rec["files"]) else "oracle_mcdrl")
+        net, post = build_bundle_network(rec["files"], run / "models" / "model.pt", sets)
+        results[ORACLE[name]] = {"held-out site": summarise(score_images(net, images["held-out site"], post))}
+        ceiling = results[ORACLE[name]]["held-out site"]["dice"]
+        efficiency[name] = dg_efficiency(results[name]["held-out site"]["dice"], ceiling)
+        print(ORACLE[name], results[ORACLE[name]]["held-out site"]["dice"], "DG efficiency", efficiency[name], flush=True)
     doc = {
         "command": portable_command("python -m mcdrl.evaluation.compare", list(argv if argv is not None else sys.argv[1:]), repo),
         "date": datetime.datetime.now().isoformat(timespec="seconds"),
         "datalist": repo_relative(datalist, repo), "heldout": repo_relative(heldout, repo),
         "budget_s": float(budget), "shipped_training": shipped_record.get("training"), "unet_training": unet_record,
+        "oracle": repo_relative(Path(a.oracle), repo) if a.oracle else None, "oracle_training": oracle_records or None,
+        "dg_efficiency": efficiency or None,
         "detection_rule": "a lesion is detected when the mask covers >= 10% of its pixels; a false alarm is any lesion pixel on a lesion-free frame",
         "results": results,
     }
@@ -150,8 +189,22 @@ def main(argv: list[str] | None = None) -> int:
             fa = "-" if r["false_alarm_rate"] is None else f"{100 * r['false_alarm_rate']:.0f}% of {r['lesion_free_images']}"
             se = "-" if r["sensitivity"] is None else f"{100 * r['sensitivity']:.0f}% of {r['lesion_images']}"
             lines.append(f"| {name} | {s} | {r['n']} | {r['dice']:.3f} | {r['iou']:.3f} | {r['dice_lesion_images']:.3f} | {fa} | {se} |")
+    if efficiency:
+        lines += ["", "DG efficiency (Dice at the held-out site never trained on / Dice of the same model trained on that site's own "
+                  "frames, the ceiling): " + "; ".join(f"{name} {e:.2f}" for name, e in efficiency.items() if e is not None) + "."]
     write_report(out / "compare.md", lines)
     return 0
+
+
+def dg_efficiency(heldout_dice: float, oracle_dice: float) -> float | None:
+    """Dice(held-out site, never trained on) / Dice(oracle trained on it); None when the oracle scores 0."""
+    return round(heldout_dice / oracle_dice, 4) if oracle_dice > 0 else None
+
+
+def _image_paths(datalist: Path, split: str) -> set[str]:
+    """The resolved image paths of one split of a datalist (to check that an oracle never trains on scored images)."""
+    items = json.loads(datalist.read_text()).get(split, [])
+    return {str((datalist.parent / d["image"]).resolve()) for d in items}
 
 
 if __name__ == "__main__":

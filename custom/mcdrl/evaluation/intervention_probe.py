@@ -77,13 +77,15 @@ def _build(bundle: Path, overrides: dict | str, weights: Path):
     if isinstance(overrides, dict):
         parser.update(overrides)
     net = parser.get_parsed_content("network")
-    state = torch.load(weights, map_location="cpu", weights_only=True)
+    # the intervention never trained in the shipped model (it ships off): every configuration starts from its own
+    # fresh initialisation (zero-initialised branches, or gates at 0 over default-initialised branches), seeded
+    state = {k: v for k, v in torch.load(weights, map_location="cpu", weights_only=True).items() if not k.startswith("intervention.")}
     w = state["head.proj.0.weight"]
     if net.head_input == "both" and w.shape[1] * 2 == net.head.proj[0].in_channels:
         # a head trained on C alone reads [C, C] (the intervention off) identically with its weights split in halves
         state = {**state, "head.proj.0.weight": torch.cat([w / 2, w / 2], dim=1)}
     missing, unexpected = net.load_state_dict(state, strict=False)
-    if unexpected or any(not k.endswith(("gate_attn", "gate_ffn")) for k in missing):  # only new gates may be missing
+    if unexpected or any(not k.startswith("intervention.") for k in missing):
         raise RuntimeError(f"{weights}: keys do not fit this configuration: missing {missing}, unexpected {unexpected}")
     loss = parser.get_parsed_content("loss")
     optimizer = parser.get_parsed_content("optimizer")

@@ -57,7 +57,8 @@ def build_network(config_file, ckpt_file, overrides: dict | None = None, net_id:
     """Instantiate ``net_id`` from the bundle config(s), load ``ckpt_file`` (a bare state_dict) strictly, eval mode.
 
     Raises:
-        FileNotFoundError: the checkpoint does not exist. RuntimeError: its keys do not match the network.
+        FileNotFoundError: the checkpoint does not exist. ConfigError: it does not fit the network (one line naming the
+        config key, both values and the file).
     """
     from monai.bundle import ConfigParser
 
@@ -68,11 +69,9 @@ def build_network(config_file, ckpt_file, overrides: dict | None = None, net_id:
     parser.read_config(config_file)
     parser.update(dict(overrides or {}))
     net = parser.get_parsed_content(net_id)
-    state = torch.load(ckpt_file, map_location="cpu", weights_only=True)
-    try:
-        net.load_state_dict(state, strict=True)
-    except RuntimeError as e:
-        raise RuntimeError(f"{ckpt_file} does not fit {net_id} of {config_file}: {e}") from e
+    from mcdrl.networks.weights import load_fitting_weights
+
+    load_fitting_weights(net, torch.load(ckpt_file, map_location="cpu", weights_only=True), ckpt_file)
     return net.eval()
 
 
@@ -312,7 +311,11 @@ def main(argv: list[str] | None = None) -> int:
     config_file = Path(args.config_file)
     bundle_root = Path(overrides.get("bundle_root", config_file.resolve().parent.parent))
     ckpt = Path(args.ckpt_file) if args.ckpt_file else bundle_root / "models" / "model.pt"
-    net = build_network(str(config_file), ckpt, overrides, args.net_id)
+    try:
+        net = build_network(str(config_file), ckpt, overrides, args.net_id)
+    except (FileNotFoundError, ValueError) as e:  # a missing checkpoint, or weights that do not fit (ConfigError): one line
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     if args.cmd == "onnx":
         meta_file = Path(args.meta_file) if args.meta_file else bundle_root / "configs" / "metadata.json"
         metadata = {config_file.name: json.dumps(json.loads(config_file.read_text()))}

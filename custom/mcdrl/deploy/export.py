@@ -14,10 +14,11 @@ ONNX (opset 18; dynamic batch, height and width; metadata.json and inference.jso
     python -m mcdrl.deploy.export onnx --config_file bundle/configs/inference.json --ckpt_file bundle/models/model.pt \\
         --meta_file bundle/configs/metadata.json --filepath bundle/models/model.onnx
 
-Compare eager, TorchScript and ONNX Runtime outputs on several input sizes::
+Compare eager, TorchScript and ONNX Runtime outputs on several input sizes (``--frames``: synthetic endoscopy frames,
+where the differences are about 100 times larger than on uniform noise; the bounds are the model card's)::
 
     python -m mcdrl.deploy.export verify --config_file bundle/configs/inference.json --ckpt_file bundle/models/model.pt \\
-        --ts bundle/models/model.ts --onnx bundle/models/model.onnx
+        --ts bundle/models/model.ts --onnx bundle/models/model.onnx --frames
 
 Deploy smoke (what MONAI Deploy / Triton does: only model.ts and its embedded configs, no ``mcdrl`` package)::
 
@@ -45,10 +46,17 @@ import os  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-__all__ = ["DEFAULT_VERIFY_SHAPES", "build_network", "compare_outputs", "deploy_smoke", "export_onnx", "onnx_runner", "register_onnx_symbolics"]
+__all__ = ["DEFAULT_VERIFY_SHAPES", "build_network", "compare_outputs", "deploy_smoke", "export_onnx", "onnx_runner", "register_onnx_symbolics",
+           "synthetic_frames"]
 
 #: input shapes for the equivalence checks: the CLIP size, a non-square size and a batch of 2
 DEFAULT_VERIFY_SHAPES = ((1, 3, 224, 224), (2, 3, 256, 320), (1, 3, 97, 131))
+#: the bounds of the model card (TorchScript and ONNX Runtime against eager PyTorch, shipped model): max |logit
+#: difference| on synthetic endoscopy frames and on uniform noise, and the share of mask pixels that may differ (ties
+#: at the lesion boundary)
+VERIFY_TOLERANCE = 1e-2
+VERIFY_NOISE_TOLERANCE = 2e-4
+VERIFY_MASK_TOLERANCE = 1e-4
 ONNX_OPSET = 18
 
 
@@ -141,8 +149,37 @@ def onnx_runner(path):
     return lambda x: torch.from_numpy(session.run(["pred"], {"image": x.detach().cpu().numpy().astype(np.float32)})[0])
 
 
-def compare_outputs(reference, candidates: dict, shapes=DEFAULT_VERIFY_SHAPES, seed: int = 0) -> dict:
-    """Max |reference(x) - candidate(x)| per candidate and input shape, on random inputs in [0, 1].
+def synthetic_frames(shape, seed: int = 0) -> torch.Tensor:
+    """Endoscopy frames of the synthetic world (:mod:`mcdrl.synthetic`, site A) as network input.
+
+    Args:
+        shape: (B, 3, H, W); any H, W (rendered square at max(H, W), centre-cropped).
+        seed: the first case's seed (case ``i`` of the batch uses ``seed + i``).
+
+    Returns:
+        (B, 3, H, W) float32 in [0, 1], as ``ToModelInput`` makes an 8-bit frame.
+    """
+    from mcdrl.synthetic import SITES, sample_case
+
+    b, _, h, w = shape
+    side = max(h, w)
+    frames = []
+    for i in range(b):
+        img = sample_case(SITES["A"], seed + i, size=side).image
+        top, left = (side - h) // 2, (side - w) // 2
+        frames.append(torch.from_numpy(np.ascontiguousarray(img[top:top + h, left:left + w])).permute(2, 0, 1).float() / 255.0)
+    return torch.stack(frames)
+
+
+def compare_outputs(reference, candidates: dict, shapes=DEFAULT_VERIFY_SHAPES, seed: int = 0, frames: bool = False, masks: dict | None = None) -> dict:
+    """Max |reference(x) - candidate(x)| of the logits per candidate and input shape.
+
+    Args:
+        reference: the eager network, (B, 3, H, W) -> logits (B, 2, H, W). candidates: name -> the same kind of callable.
+        shapes: input shapes (B, 3, H, W).
+        frames: synthetic endoscopy frames (:func:`synthetic_frames`, what the model card's bounds are measured on)
+            instead of uniform noise in [0, 1] (where the differences are about 100 times smaller).
+        masks: if a dict, filled with ``{name: {shape: pixels whose argmax (the mask) differs}}``.
 
     Returns:
         ``{name: {"1x3x224x224": max_abs_diff, ...}}``. A shape mismatch is reported as ``inf``.
@@ -151,12 +188,15 @@ def compare_outputs(reference, candidates: dict, shapes=DEFAULT_VERIFY_SHAPES, s
     out: dict = {name: {} for name in candidates}
     with torch.no_grad():
         for shape in shapes:
-            x = torch.rand(*shape, generator=g)
+            x = synthetic_frames(shape, seed) if frames else torch.rand(*shape, generator=g)
             ref = reference(x)
             for name, fn in candidates.items():
                 y = fn(x)
                 key = "x".join(map(str, shape))
-                out[name][key] = float((ref - y).abs().max()) if y.shape == ref.shape else float("inf")
+                same = y.shape == ref.shape
+                out[name][key] = float((ref - y).abs().max()) if same else float("inf")
+                if masks is not None:
+                    masks.setdefault(name, {})[key] = int((ref.argmax(1) != y.argmax(1)).sum()) if same else -1
     return out
 
 
@@ -293,7 +333,13 @@ def main(argv: list[str] | None = None) -> int:
     sub.choices["verify"].add_argument("--ts", default=None)
     sub.choices["verify"].add_argument("--onnx", default=None)
     sub.choices["verify"].add_argument("--shapes", default=json.dumps([list(s) for s in DEFAULT_VERIFY_SHAPES]))
-    sub.choices["verify"].add_argument("--tolerance", type=float, default=1e-4)
+    sub.choices["verify"].add_argument("--frames", action="store_true",
+                                       help="synthetic endoscopy frames (mcdrl.synthetic) instead of uniform noise: what the model card's bounds are measured on")
+    sub.choices["verify"].add_argument("--seeds", type=int, default=1, help="frames (or noise draws) per shape")
+    sub.choices["verify"].add_argument("--tolerance", type=float, default=None,
+                                       help=f"max |logit difference| allowed (default {VERIFY_TOLERANCE:g} with --frames, else {VERIFY_NOISE_TOLERANCE:g})")
+    sub.choices["verify"].add_argument("--mask_tolerance", type=float, default=VERIFY_MASK_TOLERANCE,
+                                       help="largest share of pixels whose mask (argmax) may differ")
     sm = sub.add_parser("smoke")
     sm.add_argument("--model", required=True)
     sm.add_argument("--image", required=True)
@@ -332,10 +378,25 @@ def main(argv: list[str] | None = None) -> int:
         candidates["onnx"] = onnx_runner(args.onnx)
     if not candidates:
         raise SystemExit("verify: pass --ts and/or --onnx")
-    diffs = compare_outputs(net, candidates, [tuple(s) for s in json.loads(args.shapes)])
+    shapes = [tuple(s) for s in json.loads(args.shapes)]
+    if args.tolerance is None:
+        args.tolerance = VERIFY_TOLERANCE if args.frames else VERIFY_NOISE_TOLERANCE
+    diffs: dict = {name: {} for name in candidates}
+    masks: dict = {name: {} for name in candidates}
+    for seed in range(max(1, args.seeds)):
+        m: dict = {}
+        for name, d in compare_outputs(net, candidates, shapes, seed=seed, frames=args.frames, masks=m).items():
+            for key, v in d.items():
+                diffs[name][key] = max(diffs[name].get(key, 0.0), v)
+                n = m[name][key]
+                masks[name][key] = n if n < 0 else max(masks[name].get(key, 0), n)
+    pixels = {"x".join(map(str, s)): s[0] * s[2] * s[3] for s in shapes}
     worst = max(v for d in diffs.values() for v in d.values())
-    print(json.dumps({"max_abs_diff_vs_eager": diffs, "tolerance": args.tolerance, "ok": worst <= args.tolerance}))
-    return 0 if worst <= args.tolerance else 1
+    worst_mask = max((n / pixels[k] if n >= 0 else float("inf")) for d in masks.values() for k, n in d.items())
+    ok = worst <= args.tolerance and worst_mask <= args.mask_tolerance
+    print(json.dumps({"input": "synthetic frames" if args.frames else "uniform noise", "max_abs_diff_vs_eager": diffs,
+                      "mask_pixels_differing": masks, "tolerance": args.tolerance, "mask_tolerance": args.mask_tolerance, "ok": ok}))
+    return 0 if ok else 1
 
 
 if __name__ == "__main__":

@@ -243,3 +243,31 @@ def test_datalist_entry_with_missing_image_is_one_clear_error(tiny_world, tmp_pa
     assert proc.returncode == 2
     assert "training[3]: image file not found:" in proc.stderr and "case03.png" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_weights_that_do_not_fit_the_config_are_one_line(tmp_path):
+    """--intervention_layers 2 against the shipped model.pt (3 layers) at inference: one line naming the key, both values
+    and the file, no traceback (load_state_dict alone printed 69 lines)."""
+    (tmp_path / "in").mkdir()
+    from PIL import Image
+
+    Image.new("RGB", (40, 30), (150, 60, 50)).save(tmp_path / "in" / "frame.png")
+    proc = bundle_cli(["run", "--config_file", str(CONFIGS / "inference.json"), "--dataset_dir", str(tmp_path / "in"),
+                       "--output_dir", str(tmp_path / "out")], tmp_path, {"intervention_layers": 2})
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("mcdrl: error: ")]
+    assert proc.returncode == 2 and len(errors) == 1, proc.stderr[-3000:]
+    assert f"{BUNDLE / 'models' / 'model.pt'}: the weights do not fit the config: intervention_layers is 2 in the config, 3 in the weights" in errors[0]
+    assert "Traceback" not in proc.stderr and not (tmp_path / "out" / "frame_mask.png").exists()
+
+
+def test_a_none_override_is_reported_and_dollar_none_sets_it(tmp_path):
+    """MONAI's bundle CLI drops --key None (the config's value stays, silently); importing mcdrl there says so, and
+    --key '$None' (the README's way) does set None."""
+    config = tmp_path / "c.json"
+    config.write_text(json.dumps({"imports": ["$import mcdrl"], "clip_weights": "demo.safetensors", "run": ["$print('clip_weights =', @clip_weights)"]}))
+    dropped = bundle_cli(["run", "--config_file", str(config)], tmp_path, {"clip_weights": "None"})
+    assert dropped.returncode == 0 and "clip_weights = demo.safetensors" in dropped.stdout, dropped.stderr[-2000:]
+    assert "mcdrl: warning: --clip_weights None is dropped by MONAI's bundle CLI" in dropped.stderr
+    assert "pass --clip_weights '$None'" in dropped.stderr
+    given = bundle_cli(["run", "--config_file", str(config)], tmp_path, {"clip_weights": "$None"})
+    assert given.returncode == 0 and "clip_weights = None" in given.stdout and "dropped" not in given.stderr, given.stderr[-2000:]

@@ -349,3 +349,41 @@ def test_cli_subprocess(tmp_path):
     assert doc["name"] == "pranet" and doc["seed"] == 1 and doc["numTest"] == 6
     items = load_decathlon_datalist(out, data_list_key="training", base_dir=os.path.dirname(out))
     assert all(os.path.isfile(i["image"]) for i in items)
+
+
+def _real_masks(mask_dir: Path, stems, ext: str, size=(96, 128), **save) -> None:
+    """Real image files for ``stems``: a 0/255 disc lesion mask each (PIL picks the format from ``ext``)."""
+    import numpy as np
+    from PIL import Image
+
+    yy, xx = np.mgrid[: size[0], : size[1]]
+    for i, s in enumerate(stems):
+        mask = (((yy - 48) ** 2 + (xx - 40 - 10 * i) ** 2) <= 30**2) * 255
+        (mask_dir / f"{s}{ext}").parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(mask.astype("uint8")).save(mask_dir / f"{s}{ext}", **save)
+
+
+def test_builders_report_mask_format_and_jpeg_artifacts(tmp_path, capsys, caplog):
+    """Kvasir-SEG publishes JPEG masks (a compression halo of grey values around every edge), CVC-ClinicDB binary
+    TIFFs: the datalist and the CLI say so per site, with the threshold the bundle applies; a mask that cannot be
+    opened is named and the others are still checked."""
+    kv = tmp_path / "kv" / "Kvasir-SEG"
+    pair_tree(kv / "images", kv / "masks", KVASIR_NAMES, ext=".jpg")
+    _real_masks(kv / "masks", KVASIR_NAMES, ".jpg", quality=75)
+    with pytest.warns(DatalistWarning, match=r"Kvasir-SEG.*3 of 3 checked JPEG masks are not binary.*Otsu"):
+        dl = build_datalist("kvasir-seg", tmp_path / "kv", val_fraction=0.0)
+    assert dl["masks"] == {"Kvasir-SEG": {"format": ["JPEG"], "value_range": "0-255", "masks": 3, "checked": 3, "not_binary": 3,
+                                          "jpeg_artifacts": True, "threshold": "otsu"}}
+    out = write_datalist(dl, tmp_path / "out" / "dl.json", root=tmp_path / "kv")
+    assert json.loads(out.read_text())["masks"] == dl["masks"]
+
+    cvc = tmp_path / "CVC-ClinicDB"
+    stems = [str(i) for i in range(1, 5)]
+    pair_tree(cvc / "Original", cvc / "Ground Truth", stems, ext=".tif")
+    _real_masks(cvc / "Ground Truth", stems[:3], ".tif")  # mask 4 stays a placeholder text file: unreadable
+    assert cli_main(["cvc-clinicdb", str(cvc), "--val-fraction", "0"]) == 0
+    assert "site 'CVC-ClinicDB': 1 mask(s) cannot be opened: 4.tif (not an image file)" in caplog.text
+    report = json.loads((cvc / "datalist_cvc-clinicdb.json").read_text())["masks"]["CVC-ClinicDB"]
+    assert report == {"format": ["TIFF"], "value_range": "0-255", "masks": 4, "checked": 3, "not_binary": 0, "jpeg_artifacts": False,
+                      "threshold": "half_range", "unreadable": 1}
+    assert "CVC-ClinicDB: TIFF 0-255, 3 of 4 checked, all binary -> threshold half_range" in capsys.readouterr().out

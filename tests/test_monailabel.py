@@ -277,6 +277,48 @@ def test_train_json_takes_monailabel_overrides_without_a_datalist(tiny_world, tm
     check_model_keys(bundle)
 
 
+def test_a_train_run_without_labelled_images_fails_instead_of_finishing(tiny_world, tmp_path):
+    """monai.bundle.run as BundleTrainTask calls it when the datastore has no labelled images (empty data lists): MONAI's
+    trainer alone skips an empty loader with a warning and the run ends normally (MONAI Label then reports the /train
+    DONE, Result {}); train.json stops it with one message that says there was nothing to train."""
+    bundle = make_tiny_bundle(tiny_world, tmp_path / MODEL)
+    overrides = _monailabel_train_overrides(bundle, [])
+    (tmp_path / "overrides.json").write_text(json.dumps(overrides))
+    before = md5(bundle / "models" / "model.pt")
+    code = (
+        "import json, monai.bundle\n"
+        f"o = json.load(open({str(tmp_path / 'overrides.json')!r}))\n"
+        f"monai.bundle.run(run_id='run', init_id=None, final_id=None, meta_file={str(bundle / 'configs' / 'metadata.json')!r}, "
+        f"config_file={str(bundle / 'configs' / 'train.json')!r}, **o)\n"
+    )
+    proc = subprocess.run([PYTHON, "-c", code], capture_output=True, text=True, timeout=600, cwd=tmp_path, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert proc.returncode != 0 and "no training images: nothing to train" in proc.stderr, proc.stderr[-3000:]
+    assert md5(bundle / "models" / "model.pt") == before
+
+
+def test_train_requests_that_cannot_train_are_named():
+    """The check behind the immediate 4xx of /train (the real server: test_bad_train_requests_are_refused_at_once)."""
+    from mcdrl.deploy.monailabel import train_request_problem
+
+    options = {"device": ["cpu"], "pretrained": True, "max_epochs": 50, "val_split": 0.2, "multi_gpu": True, "gpus": "all", "tracking": ["None"],
+               "tracking_uri": "", "tracking_experiment_name": "", "run_id": "", "model_filename": ["model.pt"], "alpha": 0.5}
+    ok = {"model": MODEL, **MINIMAL_TRAIN_PARAMS}
+    assert train_request_problem(ok, options, 4) is None
+    assert train_request_problem({"model": MODEL, **SLICER_TRAIN_PARAMS, "alpha": 0.5}, {**options, "use_intervention": False, "causal_start_epoch": 0}, 4) is None
+    status, msg = train_request_problem({**ok, "max_epoch": 3}, options, 4)
+    assert status == 400 and "'max_epoch' (did you mean 'max_epochs'?)" in msg
+    for split in (0, 1, -1, 1.5, "x"):
+        status, msg = train_request_problem({**ok, "val_split": split}, options, 4)
+        assert status == 400 and f"val_split must be" in msg and repr(split) in msg, (split, msg)
+    for epochs in (0, -2, 1.5, "many", True):
+        assert train_request_problem({**ok, "max_epochs": epochs}, options, 4)[0] == 400, epochs
+    status, msg = train_request_problem(ok, options, 0)
+    assert status == 422 and "no labelled images" in msg
+    status, msg = train_request_problem({**ok, "val_split": 0.5}, options, 1)
+    assert status == 422 and "leaves 1 for training and 0 for validation" in msg
+    assert train_request_problem({**ok, "bundle_path": "/b", "force_multi_gpu": False}, options, 4, check_keys=False) is None
+
+
 def pretrain_tiny(bundle: Path, studies: Path, ids: list[str], steps: int = 30, seed: int = 0) -> None:
     """Train ``bundle``'s tiny network in process on the labelled ``ids`` (Dice + CE, Adam) and save models/model.pt:
     a model that segments the studies, so that a harmful fine-tuning has something to destroy."""
@@ -754,3 +796,37 @@ def test_training_never_makes_the_served_model_worse_and_the_previous_weights_re
     status, _, body = server.infer("case5")
     assert status == 200 and np.array_equal(_read_png(body), expected_mask(server.bundle, server.studies / "case5.png"))  # served again
     assert sorted(p.name for p in (server.bundle / "models").glob("*.pt")) == ["model.pt"]
+
+
+@pytest.mark.slow
+def test_bad_train_requests_are_refused_at_once(server):
+    """A /train that could not train anything answers 4xx at once, naming the problem, and nothing is queued (MONAI Label
+    alone answered 200 and the task failed later with "Failed to evaluate ConfigExpression", or reported DONE with
+    Result {} when no image was labelled). No training runs here: every request is refused."""
+    def last_task():
+        status, _, body = server.request("GET", "/train/")
+        return json.loads(body).get("id") if status == 200 else None
+
+    before = last_task()
+    for params, status, words in (({**MINIMAL_TRAIN_PARAMS, "val_split": 0}, 400, ("val_split must be in (0, 1), got 0",)),
+                                  ({**MINIMAL_TRAIN_PARAMS, "val_split": 0.9}, 422, ("val_split 0.9 of 4 labelled image(s) leaves 0 for training and 4 for validation",)),
+                                  ({"max_epoch": 1, "val_split": 0.25}, 400, ("unknown option(s) 'max_epoch' (did you mean 'max_epochs'?)",)),
+                                  ({**MINIMAL_TRAIN_PARAMS, "max_epochs": 0}, 400, ("max_epochs must be a whole number >= 1",))):
+        got, _, body = server.request("POST", f"/train/{MODEL}", json_body=params)
+        detail = json.loads(body).get("detail", "")
+        assert got == status and all(w in detail for w in words), (params, got, body[:400])
+        print(f"\n/train {params} -> HTTP {got}: {detail[:160]}")
+    labels = {p.stem: p.read_bytes() for p in sorted((server.studies / "labels" / "final").glob("*.png"))}
+    try:  # no labelled image: remove every label through the datastore API, then put each back the same way
+        for i in labels:
+            assert server.request("DELETE", f"/datastore/label?id={i}&tag=final")[0] == 200
+        got, _, body = server.request("POST", f"/train/{MODEL}", json_body=MINIMAL_TRAIN_PARAMS)
+        detail = json.loads(body).get("detail", "")
+        assert got == 422 and "no labelled images" in detail, (got, body[:400])
+        print(f"/train without labelled images -> HTTP {got}: {detail[:160]}")
+    finally:
+        for i, data in labels.items():
+            server.request("PUT", f"/datastore/label?image={i}&tag=final", files={"label": (f"{i}.png", data)})
+    assert last_task() == before  # nothing was queued
+    datastore = json.loads(server.request("GET", "/datastore/?output=all")[2])
+    assert sum(1 for v in datastore["objects"].values() if "final" in v.get("labels", {})) == len(labels)

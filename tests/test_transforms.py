@@ -402,3 +402,61 @@ def test_speed_report(photo: np.ndarray, synth: np.ndarray, capsys: pytest.Captu
             print(f"\n[mcdrl.transforms] apply_confounders {label}, ms cpu: "
                   + ", ".join(f"{k} {v:.0f}" for k, v in res.items()))
     assert set(rows["224 px"]) == {"(none)", *CONFOUNDERS}
+
+
+# ----------------------------------------------------------------------------- masks as datasets publish them
+def _lesion_mask(h: int = 288, w: int = 352) -> np.ndarray:
+    """A 0/255 uint8 mask with an irregular lesion (an ellipse with a bump), like a Kvasir-SEG polyp mask."""
+    yy, xx = np.mgrid[:h, :w]
+    blob = ((yy - 140) / 70.0) ** 2 + ((xx - 170) / 95.0) ** 2 <= 1
+    bump = (yy - 95) ** 2 + (xx - 230) ** 2 <= 35**2
+    return ((blob | bump) * 255).astype(np.uint8)
+
+
+def _read_labels(paths) -> list[np.ndarray]:
+    """Each mask file through the bundle's own validation preprocessing (train.json, label_threshold at its default)."""
+    from conftest import BUNDLE
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config(str(BUNDLE / "configs" / "train.json"))
+    pre = parser.get_parsed_content("validate#preprocessing")
+    image = paths[0].parent / "frame.png"
+    Image.fromarray(np.full((*np.asarray(Image.open(paths[0])).shape[:2], 3), 128, np.uint8)).save(image)
+    return [np.asarray(pre({"image": str(image), "label": str(p)})["label"])[0] for p in paths]
+
+
+def test_jpeg_mask_reads_like_its_lossless_source(tmp_path) -> None:
+    """Kvasir-SEG and PolypGen publish JPEG masks: read with > 0 the compression halo became lesion (+6 % area here).
+    The JPEG mask and its lossless PNG source now give lesion areas within 1 %, 0/1 and 0/255 PNGs read alike, and a
+    lesion-free JPEG (background plus compression noise) reads as empty."""
+    mask = _lesion_mask()
+    Image.fromarray(mask).save(tmp_path / "m.png")
+    Image.fromarray(mask // 255).save(tmp_path / "m01.png")
+    Image.fromarray(mask).save(tmp_path / "m.jpg", quality=75)
+    noisy = np.zeros_like(mask)
+    noisy[100:104, 100:104] = 12  # a faint speck: one mode plus compression noise, no lesion
+    Image.fromarray(noisy).save(tmp_path / "empty.jpg", quality=75)
+    jpeg = np.asarray(Image.open(tmp_path / "m.jpg"))
+    assert len(np.unique(jpeg)) > 2 and (jpeg > 0).sum() > 1.03 * (mask > 0).sum()  # the halo is there
+    png, png01, jpg, empty = _read_labels([tmp_path / "m.png", tmp_path / "m01.png", tmp_path / "m.jpg", tmp_path / "empty.jpg"])
+    area_png, area_jpg = png.sum(), jpg.sum()
+    print(f"\nlesion area: PNG {int(area_png)}, JPEG q75 {int(area_jpg)} (> 0 would give {int((jpeg > 0).sum())})")
+    assert area_png == (mask > 0).sum() and np.array_equal(png, png01)
+    assert abs(area_jpg - area_png) <= 0.01 * area_png, (area_png, area_jpg)
+    assert empty.sum() == 0
+
+
+def test_mask_threshold_modes() -> None:
+    from mcdrl.transforms import LabelToBinary, binarize_mask, mask_threshold
+
+    grey = np.array([[0, 100, 200, 255]], np.uint8)
+    assert mask_threshold(grey) == 127.5 and mask_threshold(grey, 50) == 50.0
+    assert mask_threshold(np.array([0, 1]), "auto") == 0.5 and mask_threshold(np.array([0, 40000]), "auto") == 32767.5
+    assert 255 / 4 <= mask_threshold(grey, "auto", "x.JPG") <= 3 * 255 / 4
+    assert binarize_mask(np.dstack([grey, 255 - grey, grey])).tolist() == [[False, False, True, True]]  # first channel
+    lab = MetaTensor(torch.tensor([[[0.0, 3.0, 250.0]]]), meta={"filename_or_obj": "/d/masks/a.png"})
+    assert LabelToBinary()(lab).tolist() == [[[0.0, 0.0, 1.0]]]
+    assert LabelToBinary(threshold=0)(lab).tolist() == [[[0.0, 1.0, 1.0]]]  # the old reading, still available
+    with pytest.raises(ValueError, match="label_threshold must be a number or one of"):
+        LabelToBinary(threshold="median")

@@ -38,8 +38,11 @@ _quiet_gpu_decoder_warnings()
 _argv0 = _sys.argv[0].replace("\\", "/") if _sys.argv else ""
 if _argv0.endswith("monai/bundle/__main__.py") or (_argv0.endswith("/__main__.py") and "/mcdrl/" in _argv0):  # CLI runs only
     from .errors import install_cli_hook as _install_cli_hook
+    from .errors import warn_dropped_none as _warn_dropped_none
 
     _install_cli_hook()
+    if _argv0.endswith("monai/bundle/__main__.py"):
+        _warn_dropped_none()
 
 
 def __getattr__(name: str):

@@ -14,7 +14,8 @@ from __future__ import annotations
 import os
 import sys
 
-__all__ = ["ConfigError", "InputFileError", "MCDRLError", "MissingDependencyError", "install_cli_hook"]
+__all__ = ["ConfigError", "InputFileError", "MCDRLError", "MissingDependencyError", "dropped_none_overrides", "install_cli_hook",
+           "warn_dropped_none"]
 
 
 class MCDRLError(Exception):
@@ -59,3 +60,34 @@ def install_cli_hook() -> None:
 
     hook._mcdrl = True  # type: ignore[attr-defined]
     sys.excepthook = hook
+
+
+def dropped_none_overrides(argv: list[str]) -> list[str]:
+    """The ``--key None`` (or ``--key=None``) overrides of a ``python -m monai.bundle`` command line.
+
+    MONAI's bundle CLI parses ``None`` as Python's None and then drops every None-valued argument (``_update_args(...,
+    ignore_none=True)``), so the config's own value is used, silently. ``'$None'`` (an expression) sets None.
+    """
+    out = []
+    for i, arg in enumerate(argv):
+        if not arg.startswith("--") or len(arg) <= 2:
+            continue
+        key, eq, value = arg[2:].partition("=")
+        if not eq:
+            value = argv[i + 1] if i + 1 < len(argv) else ""
+        if value == "None":
+            out.append(key)
+    return out
+
+
+def warn_dropped_none(argv: list[str] | None = None) -> list[str]:
+    """Say, on stderr, which ``--key None`` overrides MONAI's bundle CLI drops and how to give None (``'$None'``).
+
+    Returns the dropped keys.
+    """
+    keys = dropped_none_overrides(list(sys.argv if argv is None else argv))
+    for key in keys:
+        sys.stderr.write(f"mcdrl: warning: --{key} None is dropped by MONAI's bundle CLI (it ignores None values), so the "
+                         f"config's own {key} is used; to set None, pass --{key} '$None'\n")
+    sys.stderr.flush()
+    return keys

@@ -29,7 +29,7 @@ from mcdrl.networks.prompts import CONFOUNDERS, LESION_CLASSES, NO_LESION
 from .errors import ConfigError
 from .synthetic.confounders import EXCLUSIVE, apply_confounders, check_names
 
-__all__ = ["LabelToBinary", "LabelToBinaryd", "LesionClassToIndexd", "LesionPostprocess", "LesionPostprocessd", "RandConfounder",
+__all__ = ["JPEG_SUFFIXES", "LabelToBinary", "LabelToBinaryd", "binarize_mask", "mask_threshold", "LesionClassToIndexd", "LesionPostprocess", "LesionPostprocessd", "RandConfounder",
            "RandConfounderd", "RandHueSaturation", "RandHueSaturationd", "SaveImaged", "ToModelInput", "ToModelInputd",
            "photometric_augmentation"]
 
@@ -105,19 +105,119 @@ class ToModelInputd(MapTransform):
         return d
 
 
-class LabelToBinary(Transform):
-    """Any mask (0/1, 0/255, multi-channel PNG) -> (1, *spatial) float {0, 1}: lesion where the first channel > 0."""
+#: File suffixes of masks stored with lossy JPEG compression (a halo of intermediate values around every edge).
+JPEG_SUFFIXES = (".jpg", ".jpeg", ".jpe", ".jfif")
+#: What ``label_threshold`` accepts besides a number (see :func:`mask_threshold`).
+THRESHOLD_MODES = ("auto", "half_range", "otsu")
 
-    def __call__(self, lab):
-        return (lab[:1] > 0).to(torch.float32) if isinstance(lab, torch.Tensor) else (np.asarray(lab)[:1] > 0).astype(np.float32)
+
+def is_jpeg(filename) -> bool:
+    """Whether ``filename`` (a path, or None) names a JPEG file, by its suffix."""
+    return filename is not None and str(filename).lower().endswith(JPEG_SUFFIXES)
+
+
+def nominal_range(values: np.ndarray) -> float:
+    """The top of the value range a mask was stored in: 1 (0/1 masks, floats), 255 (8-bit) or 65535 (16-bit).
+
+    Inferred from the largest value, so that a 0/1 PNG and a 0/255 PNG of the same mask read alike.
+    """
+    hi = float(np.max(values)) if values.size else 0.0
+    return 1.0 if hi <= 1 else 255.0 if hi <= 255 else 65535.0
+
+
+def otsu_threshold(values: np.ndarray, top: float) -> float:
+    """Otsu's threshold of ``values`` in [0, ``top``] (256-bin histogram), kept within [top/4, 3 top/4].
+
+    The clamp makes a lesion-free JPEG mask (background plus compression noise, one mode only) read as empty instead of
+    splitting its noise in two.
+    """
+    hist, edges = np.histogram(np.asarray(values, np.float64).ravel(), bins=256, range=(0.0, top))
+    centres = (edges[:-1] + edges[1:]) / 2
+    w0 = np.cumsum(hist)
+    w1 = w0[-1] - w0
+    m0 = np.cumsum(hist * centres)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        mu0, mu1 = m0 / w0, (m0[-1] - m0) / w1
+        between = np.where((w0 > 0) & (w1 > 0), w0 * w1 * (mu0 - mu1) ** 2, -1.0)
+    t = float(edges[int(np.argmax(between)) + 1]) if between.max() > 0 else top / 2
+    return float(min(max(t, top / 4), 3 * top / 4))
+
+
+def mask_threshold(values: np.ndarray, threshold: float | str = "auto", filename=None) -> float:
+    """The value above which a mask pixel is lesion.
+
+    Args:
+        values: the mask's values (any shape; the first channel of a multi-channel mask).
+        threshold: a number (in the mask's own units); ``"half_range"``: half the mask's value range (0.5 for 0/1
+            masks, 127.5 for 8-bit, 32767.5 for 16-bit); ``"otsu"``: Otsu's threshold, within a quarter and three
+            quarters of that range; ``"auto"`` (the bundle's ``label_threshold`` default): ``"otsu"`` for JPEG masks
+            (``filename`` ends in .jpg/.jpeg), ``"half_range"`` otherwise.
+        filename: the mask's file, for ``"auto"`` (None: not JPEG).
+
+    Raises:
+        ValueError: an unknown mode.
+    """
+    if not isinstance(threshold, str):
+        return float(threshold)
+    if threshold not in THRESHOLD_MODES:
+        raise ValueError(f"label_threshold must be a number or one of {list(THRESHOLD_MODES)}, got {threshold!r}")
+    values = np.asarray(values)
+    top = nominal_range(values)
+    if threshold == "otsu" or (threshold == "auto" and is_jpeg(filename)):
+        return otsu_threshold(values, top)
+    return top / 2
+
+
+def binarize_mask(mask, threshold: float | str = "auto", filename=None) -> np.ndarray:
+    """A mask as datasets publish it (0/1, 0/255, JPEG, grey or multi-channel) -> bool lesion map of the first channel.
+
+    Args:
+        mask: (H, W) array, or (H, W, C) as PIL gives a colour mask. threshold, filename: see :func:`mask_threshold`.
+
+    Returns:
+        (H, W) bool.
+    """
+    arr = np.asarray(mask)
+    arr = arr[..., 0] if arr.ndim == 3 else arr
+    return arr > mask_threshold(arr, threshold, filename)
+
+
+class LabelToBinary(Transform):
+    """Any mask (0/1, 0/255, JPEG, multi-channel PNG) -> (1, *spatial) float {0, 1} of the first channel.
+
+    Lesion where the value is above :func:`mask_threshold`: by default half the mask's value range, or Otsu's threshold
+    for a JPEG mask, whose compression leaves a halo of intermediate values around every edge (``> 0`` would count
+    that halo as lesion).
+
+    Args:
+        threshold: a number, ``"auto"``, ``"half_range"`` or ``"otsu"`` (see :func:`mask_threshold`); the bundle's
+            ``label_threshold``.
+
+    Shapes: (C, *spatial) tensor or array -> (1, *spatial) float32 of the same kind. ``__call__(lab, filename=None)``:
+    the file decides ``"auto"`` (a MetaTensor's ``filename_or_obj`` is used when no filename is given).
+    """
+
+    def __init__(self, threshold: float | str = "auto"):
+        mask_threshold(np.zeros(1), threshold)  # an unknown mode fails here, when the config is parsed
+        self.threshold = threshold
+
+    def __call__(self, lab, filename=None):
+        if filename is None:
+            filename = getattr(lab, "meta", {}).get("filename_or_obj")
+        if isinstance(lab, torch.Tensor):
+            first = lab[:1]
+            t = mask_threshold(first.detach().cpu().numpy(), self.threshold, filename)
+            return (first > t).to(torch.float32)
+        first = np.asarray(lab)[:1]
+        return (first > mask_threshold(first, self.threshold, filename)).astype(np.float32)
 
 
 class LabelToBinaryd(MapTransform):
-    """Dictionary twin of :class:`LabelToBinary`."""
+    """Dictionary twin of :class:`LabelToBinary` (``threshold``: the bundle's ``label_threshold``)."""
 
-    def __init__(self, keys: KeysCollection, allow_missing_keys: bool = False):
+    def __init__(self, keys: KeysCollection, threshold: float | str = "auto", allow_missing_keys: bool = False):
         super().__init__(keys, allow_missing_keys)
-        self.t = LabelToBinary()
+        self.t = LabelToBinary(threshold)
 
     def __call__(self, data):
         d = dict(data)

@@ -10,7 +10,7 @@ from collections import Counter
 from pathlib import Path
 
 from .catalog import CATALOG
-from .core import SPLITS, DatalistError, DatalistWarning, write_datalist
+from .core import SPLITS, DatalistError, DatalistWarning, describe_masks, write_datalist
 from .registry import BUILDERS, LOSO5_SITES, build_datalist, canonical_name
 
 
@@ -70,6 +70,9 @@ def main(argv: list[str] | None = None) -> int:
     for split in SPLITS:
         counts = Counter(e["site"] for e in datalist[split])
         print(f"  {split:10s} {len(datalist[split]):6d}  " + ", ".join(f"{s}: {n}" for s, n in sorted(counts.items())))
+    print("  masks:")
+    for site, report in datalist.get("masks", {}).items():
+        print(f"    {site}: {describe_masks(report)}")
     return 0
 
 

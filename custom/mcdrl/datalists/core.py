@@ -196,6 +196,81 @@ def check_lesion_class(lesion_class: str) -> str:
     return lesion_class
 
 
+# ----------------------------------------------------------------------------------------------- masks
+#: At most this many masks per site are opened by :func:`inspect_masks` (evenly spread over the sorted list).
+MASKS_CHECKED_PER_SITE = 200
+
+
+def _mask_summary(path: Path) -> tuple[str, int, int, bool]:
+    """(PIL format, top of the value range (1, 255, 65535), number of distinct values, values other than 0 and top?)."""
+    import numpy as np
+    from PIL import Image
+
+    with Image.open(path) as im:
+        fmt = im.format or path.suffix.lstrip(".").upper()
+        arr = np.asarray(im)
+    arr = arr[..., 0] if arr.ndim == 3 else arr
+    hi = float(arr.max()) if arr.size else 0.0
+    top = 1 if hi <= 1 else 255 if hi <= 255 else 65535
+    values = np.unique(arr)
+    return fmt, top, int(values.size), bool(np.any((values != 0) & (values != top)))
+
+
+def inspect_masks(entries: Sequence[dict], max_per_site: int = MASKS_CHECKED_PER_SITE) -> dict[str, dict]:
+    """What the masks of each site are, as the bundle will read them.
+
+    Per site: ``format`` (the file formats found, e.g. ``["JPEG"]``), ``value_range`` (``"0-1"``, ``"0-255"``,
+    ``"0-65535"``), ``checked`` / ``masks`` (masks opened / in the site; at most ``max_per_site``, evenly spread),
+    ``not_binary`` (checked masks with values other than 0 and the top of the range), ``jpeg_artifacts`` (True when
+    any checked mask is not binary: the halo lossy compression leaves around edges, also in PNGs converted from JPEG)
+    and ``threshold`` (what the bundle's ``label_threshold`` ``"auto"`` applies: ``"otsu"`` for JPEG files,
+    ``"half_range"`` otherwise). A mask that cannot be opened is counted in ``unreadable`` (and named in a warning);
+    the other masks are still checked.
+    """
+    by_site: dict[str, list[Path]] = defaultdict(list)
+    for e in entries:
+        by_site[e["site"]].append(Path(e["label"]))
+    out: dict[str, dict] = {}
+    for site in sorted(by_site):
+        masks = sorted(by_site[site])
+        step = max(1, -(-len(masks) // max(1, int(max_per_site))))
+        chosen = masks[::step]
+        formats, tops, not_binary, unreadable = set(), set(), 0, []
+        for m in chosen:
+            try:
+                fmt, top, _, grey = _mask_summary(m)
+            except (OSError, ValueError, SyntaxError) as err:
+                why = "not an image file" if type(err).__name__ == "UnidentifiedImageError" else "corrupt or truncated"
+                unreadable.append(f"{m.name} ({why})")
+                continue
+            formats.add(fmt)
+            tops.add(top)
+            not_binary += grey
+        jpeg = any(f in ("JPEG", "MPO") for f in formats)
+        report = {
+            "format": sorted(formats), "value_range": "/".join(f"0-{t}" for t in sorted(tops)) or "?",
+            "masks": len(masks), "checked": len(chosen) - len(unreadable), "not_binary": not_binary,
+            "jpeg_artifacts": not_binary > 0, "threshold": "otsu" if jpeg else "half_range",
+        }
+        if unreadable:
+            report["unreadable"] = len(unreadable)
+            warn(f"site {site!r}: {len(unreadable)} mask(s) cannot be opened: {_examples(unreadable)}")
+        if not_binary:
+            warn(f"site {site!r}: {not_binary} of {report['checked']} checked {'/'.join(report['format'])} masks are not binary "
+                 f"(compression halo around the edges); the bundle binarises them at "
+                 f"{'Otsu' if jpeg else 'half the value range'} (label_threshold \"auto\"), never at > 0")
+        out[site] = report
+    return out
+
+
+def describe_masks(report: dict) -> str:
+    """One line for one site's :func:`inspect_masks` report, e.g. ``JPEG 0-255, 200 of 1000 checked, 200 not binary
+    (JPEG artifacts) -> threshold otsu``."""
+    art = f"{report['not_binary']} not binary (JPEG artifacts)" if report["jpeg_artifacts"] else "all binary"
+    return (f"{'/'.join(report['format']) or '?'} {report['value_range']}, {report['checked']} of {report['masks']} checked, "
+            f"{art} -> threshold {report['threshold']}")
+
+
 # ----------------------------------------------------------------------------------------------- splits
 def _sort_key(entry: dict) -> tuple[str, str]:
     return entry["site"], str(entry["image"])

@@ -8,7 +8,7 @@ from typing import Callable, Sequence
 
 from .airway import build_broncholc, build_laryngoscope8
 from .catalog import CATALOG
-from .core import DatalistError, split_entries
+from .core import DatalistError, inspect_masks, split_entries
 from .polyp import (
     build_cvc_300,
     build_cvc_clinicdb,
@@ -120,8 +120,10 @@ def build_datalist(
 ) -> dict:
     """Build the datalist of dataset ``name`` from its folder ``root`` (entries hold absolute paths).
 
-    Returns ``{"name", "description", "licence", "url", "sites", "holdout", "val_fraction", "seed",
-    "training", "validation", "test"}``; write it with :func:`mcdrl.datalists.write_datalist`.
+    Returns ``{"name", "description", "licence", "url", "sites", "holdout", "val_fraction", "seed", "masks",
+    "training", "validation", "test"}``; write it with :func:`mcdrl.datalists.write_datalist`. ``masks`` says per site
+    what the masks are (format, value range, JPEG artifacts, the threshold the bundle applies; see
+    :func:`mcdrl.datalists.core.inspect_masks`).
     ``holdout`` sites (names, case-insensitive; loso5 also takes letters) go to ``test``. ``options`` go to
     the builder (``include_seen_test`` for pranet, ``sites`` for loso5).
     """
@@ -143,5 +145,6 @@ def build_datalist(
         "holdout": held,
         "val_fraction": val_fraction,
         "seed": seed,
+        "masks": inspect_masks(entries),
         **splits,
     }

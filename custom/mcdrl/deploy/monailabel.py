@@ -45,7 +45,8 @@ from mcdrl.engines.handlers import unwrap
 from mcdrl.errors import ConfigError
 from mcdrl.utils import as_bool, atomic_path
 
-__all__ = ["FINETUNE_CONFIG", "ClientFriendlyApp", "FineTuneGuard", "RuntimeOptionsInferer", "as_bool", "http_error", "list_previous", "restore_previous"]
+__all__ = ["FINETUNE_CONFIG", "ClientFriendlyApp", "FineTuneGuard", "RuntimeOptionsInferer", "as_bool", "http_error", "list_previous", "restore_previous",
+           "train_request_problem"]
 
 logger = logging.getLogger(__name__)
 
@@ -377,6 +378,10 @@ class ClientFriendlyApp:
       training subprocess, which builds the app too.
     * Every trainer of a bundle with ``configs/monailabel_finetune.json`` runs train.json with that file merged over
       it (the displayable options, the /info panel and multi-GPU training included).
+    * A ``/train`` that could not train anything is refused before it is queued, naming the problem
+      (:func:`train_request_problem`): an unknown option (400), ``max_epochs`` < 1 or ``val_split`` outside (0, 1) (400), no
+      labelled images, or a split that leaves no training or validation image (422). The training subprocess checks the
+      data again, so a run that trained nothing fails instead of reporting DONE.
     * An unknown model, scoring method or strategy is a 404 before anything is queued: ``/train/<model>``,
       ``/batch/infer/<model>`` and ``/scoring/<method>`` are checked in the server process (MONAI Label queues them
       and answers 200 SUBMITTED); ``/activelearning`` and ``/wsi_infer`` answer 404 instead of 500.
@@ -414,6 +419,9 @@ class ClientFriendlyApp:
     def train(self, request):
         if not request.get("run_id"):
             request = {**request, "run_id": "run"}
+        problem = _train_problem(self, request, check_keys=False)
+        if problem is not None:  # checked in the server before queueing; the datastore may have changed since
+            raise ConfigError(problem[1])
         task = getattr(self, "_trainers", {}).get(request.get("model"))
         parser = getattr(task, "bundle_config", None)
         if parser is not None and parser.get("displayable_configs"):
@@ -461,6 +469,69 @@ class ClientFriendlyApp:
         return None if known else image
 
 
+#: Keys MONAI Label 0.8.5's BundleTrainTask reads from a /train request besides those its ``config()`` lists.
+TRAIN_REQUEST_EXTRA_KEYS = ("model", "force_multi_gpu", "tracking_run_name", "bundle_path")
+
+
+def train_request_problem(request: dict, options: dict, n_labelled: int, check_keys: bool = True) -> tuple[int, str] | None:
+    """(HTTP status, message) for a ``/train`` request that cannot train anything, or None when it can.
+
+    Checked, in this order: unknown keys (400; ``options`` are the trainer's ``config()``, i.e. its training panel,
+    plus :data:`TRAIN_REQUEST_EXTRA_KEYS`); ``max_epochs`` not a whole number >= 1 (400); ``val_split`` not a number in
+    (0, 1) (400: the fine-tuning guard needs validation images, and -1, "the bundle's own validation list", has no
+    datalist in an app); no labelled images (422); a ``val_split`` that leaves no training or no validation image of
+    the ``n_labelled`` (422; split as MONAI Label splits, :func:`monai.data.partition_dataset`).
+
+    Args:
+        request: the request's options (the user's JSON body and ``model``).
+        options: the trainer's options (``BundleTrainTask.config()``).
+        n_labelled: the number of images with a final label in the datastore.
+        check_keys: check for unknown keys (off in the training subprocess, whose request also holds the app's config).
+    """
+    import difflib
+
+    if check_keys:
+        known = set(options) | set(TRAIN_REQUEST_EXTRA_KEYS)
+        unknown = sorted(k for k in request if k not in known)
+        if unknown:
+            hints = [f"{k!r} (did you mean {m[0]!r}?)" if (m := difflib.get_close_matches(k, known, 1)) else repr(k) for k in unknown]
+            return 400, f"/train: unknown option(s) {', '.join(hints)}; this trainer takes {sorted(known - {'bundle_path'})}"
+    epochs = request.get("max_epochs", 50)
+    try:
+        whole = not isinstance(epochs, bool) and float(epochs).is_integer() and float(epochs) >= 1
+    except (TypeError, ValueError):
+        whole = False
+    if not whole:
+        return 400, f"/train: max_epochs must be a whole number >= 1, got {epochs!r} (0 epochs would train nothing)"
+    split = request.get("val_split", 0.2)
+    try:
+        split = float(split)
+    except (TypeError, ValueError):
+        return 400, f"/train: val_split must be a number in (0, 1), got {request.get('val_split')!r}"
+    if not 0.0 < split < 1.0:
+        return 400, (f"/train: val_split must be in (0, 1), got {request.get('val_split')!r}: fine-tuning keeps the new weights only if they "
+                     "score higher than the served model.pt on the validation images, so it needs some (MONAI Label's default is 0.2)")
+    if n_labelled == 0:
+        return 422, ("/train: no labelled images: the datastore (the --studies folder) has no image with a final label, so there is "
+                     "nothing to train on. Save labels first (e.g. from 3D Slicer or OHIF, or masks in <studies>/labels/final)")
+    from monai.data import partition_dataset
+
+    train, val = partition_dataset(list(range(n_labelled)), ratios=[1 - split, split], shuffle=False)
+    if not train or not val:
+        return 422, (f"/train: val_split {split:g} of {n_labelled} labelled image(s) leaves {len(train)} for training and {len(val)} for "
+                     "validation; fine-tuning needs at least one of each (label more images, or change val_split)")
+    return None
+
+
+def _train_problem(app, request: dict, check_keys: bool) -> tuple[int, str] | None:
+    """:func:`train_request_problem` for ``request`` on ``app`` (its trainer's options and its datastore)."""
+    task = getattr(app, "_trainers", {}).get(request.get("model"))
+    if task is None or not hasattr(task, "config"):
+        return None
+    labelled = [d for d in app.datastore().datalist() if d]
+    return train_request_problem(request, task.config(), len(labelled), check_keys=check_keys)
+
+
 def _require_known(kind: str, name, known: dict, endpoint: str) -> None:
     """404 (fastapi.HTTPException) when ``name`` is given and is not one of ``known``."""
     if name and name not in known:
@@ -488,6 +559,12 @@ def _check_requests_before_queueing() -> None:
         request = request or {}
         if method == "train":
             _require_known("trainable", request.get("model"), getattr(app, "_trainers", {}), "/train")
+            problem = _train_problem(app, {**request, **(params or {})}, check_keys=True)
+            if problem is not None:
+                from fastapi import HTTPException
+
+                logger.warning("/train refused (HTTP %d): %s", *problem)
+                raise HTTPException(status_code=problem[0], detail=problem[1])
         elif method == "batch_infer":
             _require_known("infer", request.get("model"), getattr(app, "_infers", {}), "/batch/infer")
         elif method == "scoring":

@@ -34,12 +34,22 @@ class MissingData(list):
         self.error = error
 
 
-def require_data(*datasets) -> None:
-    """Raise the :class:`MissingData` error of the first dataset (or datalist) whose input is missing (run time)."""
+def require_data(*datasets, nonempty: str | None = None) -> None:
+    """Raise the :class:`MissingData` error of the first dataset (or datalist) whose input is missing (run time).
+
+    Args:
+        datasets: MONAI datasets or datalists.
+        nonempty: if given (e.g. ``"training"``), the first dataset must also have at least one entry; otherwise a
+            :class:`~mcdrl.errors.ConfigError` says so. MONAI's trainer skips an empty data loader with only a warning,
+            and the run would end as if it had trained (MONAI Label then reports the /train as DONE).
+    """
     for d in datasets:
         data = getattr(d, "data", d)
         if isinstance(data, MissingData):
             raise data.error
+    if nonempty is not None and datasets and len(getattr(datasets[0], "data", datasets[0])) == 0:
+        raise ConfigError(f"no {nonempty} images: nothing to train (the datalist's {nonempty!r} split is empty, or MONAI Label "
+                          "has no labelled images in its datastore); the run stops instead of ending as if it had trained")
 
 
 def load_datalist(path: str | os.PathLike | list, key: str = "training", base_dir: str | os.PathLike | None = None, sites: list[str] | None = None, check_files: bool = True,

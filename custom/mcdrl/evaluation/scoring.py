@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from mcdrl.evaluation.metrics import per_image_metrics
-from mcdrl.transforms import LesionPostprocess
+from mcdrl.transforms import LesionPostprocess, binarize_mask
 
 __all__ = ["DETECTION_COVERAGE", "build_bundle_network", "load_labelled_images", "parse_sets", "score_images", "summarise", "write_json", "write_report"]
 
@@ -57,8 +57,12 @@ def build_bundle_network(config_files: str | Sequence[str], ckpt_file: str | os.
     return net, post
 
 
-def load_labelled_images(datalist: str | os.PathLike, split: str, sites: Sequence[str] | None = None) -> list[dict]:
-    """``[{"id", "site", "lesion_class", "image": (H, W, 3) uint8, "mask": (H, W) bool}, ...]`` of one datalist split."""
+def load_labelled_images(datalist: str | os.PathLike, split: str, sites: Sequence[str] | None = None,
+                         label_threshold: float | str = "auto") -> list[dict]:
+    """``[{"id", "site", "lesion_class", "image": (H, W, 3) uint8, "mask": (H, W) bool}, ...]`` of one datalist split.
+
+    Masks are binarised as the bundle's training reads them (:func:`mcdrl.transforms.binarize_mask`, ``label_threshold``).
+    """
     from PIL import Image
 
     from mcdrl.engines.training import load_datalist
@@ -67,7 +71,7 @@ def load_labelled_images(datalist: str | os.PathLike, split: str, sites: Sequenc
     for e in load_datalist(datalist, split, sites=list(sites) if sites else None):
         out.append({"id": e.get("id", Path(e["image"]).stem), "site": e.get("site"), "lesion_class": e.get("lesion_class"),
                     "confounders": e.get("confounders", []), "image": np.array(Image.open(e["image"]).convert("RGB")),
-                    "mask": np.asarray(Image.open(e["label"])) > 0})
+                    "mask": binarize_mask(Image.open(e["label"]), label_threshold, e["label"])})
     return out
 
 

@@ -45,13 +45,16 @@ def load_weights(network: torch.nn.Module, path: str | os.PathLike, device: str 
 
     Raises:
         FileNotFoundError: the file is missing (never silently random weights).
+        ConfigError: the weights do not fit the network the config built (one line naming the config key, both values
+            and the file; :func:`mcdrl.networks.weights.load_fitting_weights`).
     """
     path = Path(path)
     if not path.is_file():
         raise InputFileError(f"model weights not found: {path}. Train the bundle first (run training), or pass --bundle_root pointing at a bundle with models/model.pt.")
+    from mcdrl.networks.weights import load_fitting_weights
+
     state = torch.load(path, map_location=device or "cpu", weights_only=True)
-    getattr(network, "module", network).load_state_dict(state, strict=True)
-    return network
+    return load_fitting_weights(network, state, path)
 
 
 def _argmax_channels(logits: torch.Tensor) -> torch.Tensor:

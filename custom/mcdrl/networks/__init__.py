@@ -8,6 +8,7 @@
 * :mod:`~mcdrl.networks.mcdrlnet`          :class:`MCDRLNet`, composing the parts
 * :mod:`~mcdrl.networks.losses`            L_seg + lambda_causal L_causal + lambda_contrast L_contrast
 * :mod:`~mcdrl.networks.prompts`           the default vocabulary: lesion classes, confounders, templates
+* :mod:`~mcdrl.networks.weights`           loading model.pt; weights that do not fit the config name the config key
 
 Nothing here imports :mod:`mcdrl.engines`, :mod:`mcdrl.evaluation`, :mod:`mcdrl.deploy` or :mod:`mcdrl.io`
 (``tests/test_layout.py`` enforces it). Names are imported on first use.

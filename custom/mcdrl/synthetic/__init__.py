@@ -11,7 +11,8 @@ Public API::
     Case(image (H,W,3) uint8, mask (H,W) uint8 {0,1}, lesion_class, confounders, caption, site, seed, device)
     DeviceTraits(name, colour_cast, fov_shape, fov_radius, border, overlay_text, text_colour,
                  noise_sigma, sharpness, gamma)
-    SITES: dict[str, SiteSpec]   ("A".."F")      GENERIC_MIXTURE: SiteSpec
+    SITES: dict[str, SiteSpec]   ("A".."F")      GENERIC_MIXTURE: SiteSpec      PROTOCOL (protocol confounding)
+    SiteSpec.reversed_protocol() / .protocol_off() / .confounder_probs_given(lesion)
     sample_case(spec, seed, size=224) -> Case    draw_case_params(spec, seed) -> (class, confounders, device)
     generate_dataset(out_dir, sites, n_per_site, seed=0, formats=("png",), split=(0.8, 0.2)) -> Path
     write_dicom_rgb(path, image=None, *, frames=None, series_uid=None, study_uid=None, ...) -> Path
@@ -38,15 +39,17 @@ from .device import DeviceTraits
 from .export import generate_dataset, write_dicom_rgb, write_nifti, write_png
 from .figure import make_site_figure
 from .render import Case, make_caption, render_case
-from .sites import GENERIC_MIXTURE, SITES, SiteSpec, derive_seed, draw_case_params, sample_case
+from .sites import GENERIC_MIXTURE, PROTOCOL, SITES, SiteSpec, derive_seed, draw_case_params, sample_case
 
 #: Bumped whenever the same arguments render different pixels (caches of generated worlds include it).
 #: 2: lesion centres anywhere in the whole FOV (1: FOV shrunk to 0.88).
 #: 3: motion blur 16-28 px at 224 px (2: 10-18 px, too weak a cue for the demo CLIP to learn).
-GENERATOR_VERSION = 3
+#: 4: protocol confounding: five confounders follow the lesion at the sites where they are not routine (sites.PROTOCOL;
+#:    a site's draws of other confounders, its scenes and the generic mixture are unchanged).
+GENERATOR_VERSION = 4
 
 __all__ = [
-    "GENERATOR_VERSION", "Case", "DeviceTraits", "GENERIC_MIXTURE", "SITES", "SiteSpec", "derive_seed", "draw_case_params",
+    "GENERATOR_VERSION", "Case", "DeviceTraits", "GENERIC_MIXTURE", "PROTOCOL", "SITES", "SiteSpec", "derive_seed", "draw_case_params",
     "generate_dataset", "make_caption", "make_site_figure", "render_case", "sample_case", "write_dicom_rgb",
     "write_nifti", "write_png",
 ]

@@ -1,8 +1,9 @@
 """Named synthetic acquisition sites: distinct mixtures of confounders, device traits and lesions.
 
-Every site has at least one *signature*: a confounder (probability >= 0.4) that every other site
-has with probability <= 0.15, and/or a device trait no other site uses. A domain-generalised
-model trained on some sites must not rely on them to recognise lesions on a held-out site.
+Every site has at least one *signature*: a confounder (probability >= 0.4, independent of the lesion) that every
+other site has in at most 0.25 of its frames (the protocol below makes some of them common in frames with, or
+without, a lesion elsewhere), and/or a device trait no other site uses. A domain-generalised model trained on some
+sites must not rely on them to recognise lesions on a held-out site.
 
 ====  ========================  ===============================================================
 site  title                     signature (rare or absent at every other site)
@@ -19,14 +20,34 @@ F     Capsule clinic            mucus (0.55) + uneven lighting (0.5) + a far vie
                                 cast, bezel-ring border
 ====  ========================  ===============================================================
 
+**Protocol confounding** (generator version 4): each centre's routine is another centre's signal. Endoscopists switch
+on NBI and move in close to characterise a finding, biopsies make the mucosa bleed, and frames without a finding are
+more often rushed (motion blur) or poorly prepared (mucus). So five confounders follow the lesion at every site where
+they are not routine (:data:`PROTOCOL`; P(z | lesion) / P(z | no lesion)):
+
+=====================  ===========  =================
+confounder             routine at   protocol elsewhere
+=====================  ===========  =================
+narrow-band imaging    A            0.25 / 0.01
+a near view            E            0.30 / 0.02
+blood                  D            0.20 / 0.02
+motion blur            B            0.05 / 0.30
+mucus                  F            0.08 / 0.35
+=====================  ===========  =================
+
+At its routine site a confounder keeps its rate, independent of the lesion; C has no routine, so all five follow the
+protocol there. A model trained on five sites can therefore learn "NBI means a lesion", and then meets A, where NBI
+is on for every other frame. :meth:`SiteSpec.reversed_protocol` swaps a site's two conditional rates (the standard
+test for such a shortcut), and :meth:`SiteSpec.protocol_off` draws the same marginal rates independent of the lesion.
+
 :data:`GENERIC_MIXTURE` is not a site: every confounder at a moderate rate with a random neutral
-device per case, for pre-training a CLIP on the confounder vocabulary.
+device per case, for pre-training a CLIP on the confounder vocabulary. It has no protocol.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -52,6 +73,9 @@ class SiteSpec:
         signature: human-readable description of the traits that are rare/absent elsewhere.
         signature_confounders: confounders that are this site's signature.
         signature_device: device-trait names (fields of :class:`DeviceTraits`) unique to this site.
+        confounder_probs_if_lesion: per-frame probability of a confounder in frames with a lesion (keyword only); a
+            confounder missing here falls back to ``confounder_probs``.
+        confounder_probs_if_none: the same for lesion-free frames.
     """
 
     name: str
@@ -62,19 +86,44 @@ class SiteSpec:
     signature: str = ""
     signature_confounders: tuple[str, ...] = ()
     signature_device: tuple[str, ...] = field(default=())
+    confounder_probs_if_lesion: Mapping[str, float] = field(default_factory=dict, kw_only=True)
+    confounder_probs_if_none: Mapping[str, float] = field(default_factory=dict, kw_only=True)
 
     def __post_init__(self) -> None:
-        for c, p in self.confounder_probs.items():
-            if c not in CONFOUNDERS:
-                raise ValueError(f"site {self.name}: unknown confounder {c!r}; known: {CONFOUNDERS}")
-            if not 0.0 <= p <= 1.0:
-                raise ValueError(f"site {self.name}: probability of {c!r} must be in [0, 1], got {p}")
+        for table in (self.confounder_probs, self.confounder_probs_if_lesion, self.confounder_probs_if_none):
+            for c, p in table.items():
+                if c not in CONFOUNDERS:
+                    raise ValueError(f"site {self.name}: unknown confounder {c!r}; known: {CONFOUNDERS}")
+                if not 0.0 <= p <= 1.0:
+                    raise ValueError(f"site {self.name}: probability of {c!r} must be in [0, 1], got {p}")
         known = LESION_CLASSES + [NO_LESION]
         for c in self.lesion_freqs:
             if c not in known:
                 raise ValueError(f"site {self.name}: unknown lesion class {c!r}; known: {known}")
         if sum(self.lesion_freqs.values()) <= 0:
             raise ValueError(f"site {self.name}: lesion_freqs must have a positive sum")
+
+
+    def confounder_probs_given(self, lesion: bool) -> dict[str, float]:
+        """Each confounder's per-frame probability in a frame with (``lesion=True``) or without a lesion."""
+        given = self.confounder_probs_if_lesion if lesion else self.confounder_probs_if_none
+        return {c: float(given.get(c, self.confounder_probs.get(c, 0.0))) for c in CONFOUNDERS}
+
+    @property
+    def protocol_confounders(self) -> tuple[str, ...]:
+        """The confounders whose rate depends on the lesion here, in :data:`CONFOUNDERS` order."""
+        on, off = self.confounder_probs_given(True), self.confounder_probs_given(False)
+        return tuple(c for c in CONFOUNDERS if on[c] != off[c])
+
+    def reversed_protocol(self) -> SiteSpec:
+        """The same site (name, scenes, devices) with P(z | lesion) and P(z | no lesion) swapped."""
+        return replace(self, confounder_probs_if_lesion=dict(self.confounder_probs_if_none),
+                       confounder_probs_if_none=dict(self.confounder_probs_if_lesion))
+
+    def protocol_off(self) -> SiteSpec:
+        """The same site with every confounder independent of the lesion, at its marginal rate over the site's frames
+        (``confounder_probs``): the interventional and unconfounded references."""
+        return replace(self, confounder_probs_if_lesion={}, confounder_probs_if_none={})
 
 
 def derive_seed(seed: int, *keys: int | str) -> int:
@@ -92,11 +141,12 @@ def draw_case_params(spec: SiteSpec, seed: int) -> tuple[str, list[str], DeviceT
     classes = [c for c in LESION_CLASSES + [NO_LESION] if c in spec.lesion_freqs]
     p = np.array([spec.lesion_freqs[c] for c in classes], float)
     lesion_class = classes[int(rng.choice(len(classes), p=p / p.sum()))]
+    probs = spec.confounder_probs_given(lesion_class != NO_LESION)
     u = rng.random(len(CONFOUNDERS))
-    present = {c for c, x in zip(CONFOUNDERS, u) if x < spec.confounder_probs.get(c, 0.0)}
+    present = {c for c, x in zip(CONFOUNDERS, u) if x < probs[c]}
     for a, b in EXCLUSIVE:
         if a in present and b in present:
-            pa, pb = spec.confounder_probs[a], spec.confounder_probs[b]
+            pa, pb = probs[a], probs[b]
             present.discard(b if rng.random() < pa / (pa + pb) else a)
     device = spec.device.jittered(rng) if spec.device is not None else random_device(rng)
     return lesion_class, [c for c in CONFOUNDERS if c in present], device
@@ -126,7 +176,29 @@ def _lesions(polyp, tumor, inflammation, nodule, cyst, none) -> dict[str, float]
             NO_LESION: none}
 
 
-SITES: dict[str, SiteSpec] = {s.name: s for s in [
+#: Protocol confounding [ours]: confounder -> (the site where it is routine, P(z | lesion), P(z | no lesion) elsewhere).
+PROTOCOL: dict[str, tuple[str, float, float]] = {
+    "narrow-band imaging": ("A", 0.25, 0.01),  # switched on to characterise a finding
+    "a near view": ("E", 0.30, 0.02),  # moving in on a finding
+    "blood": ("D", 0.20, 0.02),  # after a biopsy
+    "motion blur": ("B", 0.05, 0.30),  # a quick pass with no finding
+    "mucus": ("F", 0.08, 0.35),  # a poorly prepared, unexamined stretch
+}
+
+
+def with_protocol(spec: SiteSpec, protocol: Mapping[str, tuple[str, float, float]] = PROTOCOL) -> SiteSpec:
+    """``spec`` with every confounder of ``protocol`` not routine there following the lesion at the protocol's rates;
+    ``confounder_probs`` holds their marginal rate over the site's lesion mix, so that :meth:`SiteSpec.protocol_off`
+    keeps each confounder as common as it is with the protocol."""
+    p_lesion = 1.0 - spec.lesion_freqs.get(NO_LESION, 0.0) / sum(spec.lesion_freqs.values())
+    rules = {c: (pl, pn) for c, (routine, pl, pn) in protocol.items() if routine != spec.name}
+    return replace(spec, confounder_probs={**spec.confounder_probs,
+                                           **{c: p_lesion * pl + (1 - p_lesion) * pn for c, (pl, pn) in rules.items()}},
+                   confounder_probs_if_lesion={c: pl for c, (pl, _) in rules.items()},
+                   confounder_probs_if_none={c: pn for c, (_, pn) in rules.items()})
+
+
+SITES: dict[str, SiteSpec] = {s.name: with_protocol(s) for s in [
     SiteSpec(
         "A", "Metro NBI centre",
         _probs(motion_blur=0.05, imaging_artifacts=0.02, bright_lighting=0.08, dark_lighting=0.05,

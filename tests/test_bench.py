@@ -69,9 +69,9 @@ def reference_eval_forward(net: MCDRLNet, x: torch.Tensor) -> torch.Tensor:
     tokens = tokens.scatter(1, gather_idx, f)
     b, _, dim = tokens.shape
     grid = tokens.transpose(1, 2).reshape(b, dim, net.grid_size, net.grid_size)
-    out = net.grid_size * net.head.upsample_factor
-    pixels = net.backbone.normalize(F.interpolate(xs, size=[out, out], mode="bilinear", align_corners=False, antialias=True))
-    return F.interpolate(reference_head(net.head, grid, pixels), size=x.shape[-2:], mode="bilinear", align_corners=False)
+    if net.head.pixel_encoder is not None:  # the skips read the input at its own resolution: logits at H x W
+        return reference_head(net.head, grid, net.backbone.normalize(x))
+    return F.interpolate(reference_head(net.head, grid), size=x.shape[-2:], mode="bilinear", align_corners=False)
 
 
 @pytest.mark.parametrize("size", [(64, 64), (96, 80)])

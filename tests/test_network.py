@@ -16,6 +16,7 @@ from mcdrl.networks.dictionary import ConfounderDictionary, build_dictionary, lo
 from mcdrl.networks.head import SegmentationHead
 from mcdrl.networks.intervention import CausalIntervention, InterventionBlock
 from mcdrl.networks.losses import MCDRLLoss
+from mcdrl.errors import ConfigError
 from mcdrl.networks.mcdrlnet import MCDRLNet
 from mcdrl.networks.region_selection import RegionSelector
 
@@ -193,7 +194,7 @@ def test_use_intervention_false_bypasses_the_layer_exactly(tiny_world):
         tokens = on.backbone.forward_dense(on._resize_in(x))
         bypass_tokens, _, _ = off._regions(tokens)
         assert torch.equal(bypass_tokens, tokens)
-        baseline = off._decode(tokens, x.shape[-2:], None)
+        baseline = off._decode(tokens, x)
         assert torch.equal(off(x), baseline)
         assert not torch.equal(on(x), baseline)
 
@@ -352,6 +353,33 @@ def test_skip_head_uses_the_image_and_traces(tiny_world):
     assert not torch.allclose(base, other)
     with pytest.raises(ValueError, match="skip"):
         SegmentationHead(32, (16, 8), skip_channels=(4, 8, 8))
+
+
+def test_skip_head_decodes_at_the_input_resolution(tiny_world):
+    """Issue 23: the pixel pathway reads the input at its own H x W and the logits come out there, with no upsampling
+    from the CLIP size; a one-pixel detail of the input reaches the logits at that pixel's neighbourhood. With
+    ``head_resolution`` the head runs at that size and its logits are resized to H x W."""
+    net = build_full_net(tiny_world, presence=False).eval()
+    x = torch.rand(2, 3, 97, 131)
+    with torch.no_grad():
+        tokens, _, _ = net._regions(net.backbone.forward_dense(net._resize_in(x)))
+        grid = tokens.transpose(1, 2).reshape(2, -1, net.grid_size, net.grid_size)
+        levels = net.head.pixel_encoder(net.backbone.normalize(x))
+        assert [tuple(t.shape[-2:]) for t in levels] == [(97, 131), (49, 66)]
+        assert torch.equal(net(x), net.head(grid, net.backbone.normalize(x)))  # no resize after the head
+        y = x.clone()
+        y[:, :, 40, 70] = 1 - y[:, :, 40, 70]  # one pixel changed: the pixel pathway carries it to the logits there
+        diff = (net.head(grid, net.backbone.normalize(y)) - net.head(grid, net.backbone.normalize(x))).abs().sum((0, 1))
+        peak = divmod(int(diff.argmax()), diff.shape[1])
+        assert abs(peak[0] - 40) <= 1 and abs(peak[1] - 70) <= 1 and diff[:, :20].max() < 0.01 * diff.max()  # GroupNorm: tiny far away
+    net.head_resolution = 64
+    with torch.no_grad():
+        out = net(x)
+        small = F.interpolate(x, size=[64, 64], mode="bilinear", align_corners=False, antialias=True)
+        want = F.interpolate(net.head(grid, net.backbone.normalize(small)), size=[97, 131], mode="bilinear", align_corners=False)
+    assert out.shape == (2, 2, 97, 131) and torch.allclose(out, want, atol=1e-6)
+    with pytest.raises(ConfigError, match="head_resolution"):
+        MCDRLNet(net.backbone, net.dictionary, net.selector, net.intervention, net.head, head_resolution=8)
 
 
 def test_confounder_projection_keeps_the_classes_and_removes_the_confounders(tiny_world):

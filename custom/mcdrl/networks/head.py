@@ -1,10 +1,12 @@
-"""The segmentation head H: a progressive-upsampling conv decoder from the feature grid to the CLIP input size.
+"""The segmentation head H: a progressive-upsampling conv decoder from the feature grid to the output size.
 
 [paper] H is a light decoder on the (intervened) dense features. [ours] Optionally (``skip_channels``) it also
-reads the image itself through a small pixel encoder and concatenates those features at every decoder stage of
-matching resolution (U-Net style skips). The CLIP grid is coarse (10 x 10 for the demo CLIP, 14 x 14 for ViT-B/16),
-and far-view polyps and nodules are a few pixels wide; the skips give the decoder the detail the grid cannot hold,
-while the lesion semantics still come from the CLIP features. ``skip_channels=()`` is the paper's head.
+reads the image itself through a small pixel encoder, at the image's own resolution, and concatenates those features
+at every decoder stage (U-Net style skips). The CLIP grid is coarse (10 x 10 for the demo CLIP, 14 x 14 for
+ViT-B/16), and far-view polyps and nodules are a few pixels wide; the skips give the decoder the detail the grid
+cannot hold, while the lesion semantics still come from the CLIP features, which join at their own scale: a stage
+with a skip resizes its input to that skip's size, so the logits come out at the image's resolution (any H x W) with
+no upsampling from the CLIP size. ``skip_channels=()`` is the paper's head (x2 per stage from the grid).
 """
 
 from __future__ import annotations
@@ -34,9 +36,11 @@ class _UpBlock(nn.Module):
         self.norm = _group_norm(cout)
 
     def forward(self, x: torch.Tensor, skip: torch.Tensor | None = None) -> torch.Tensor:
-        x = F.interpolate(x, scale_factor=2.0, mode="bilinear", align_corners=False)
-        if skip is not None:
-            x = torch.cat([x, skip], dim=1)
+        """(B, cin, h, w) [+ skip (B, skip, H', W')] -> (B, cout, H', W') with a skip, else (B, cout, 2h, 2w)."""
+        if skip is None:
+            x = F.interpolate(x, scale_factor=2.0, mode="bilinear", align_corners=False)
+        else:
+            x = torch.cat([F.interpolate(x, size=skip.shape[-2:], mode="bilinear", align_corners=False), skip], dim=1)
         return F.gelu(self.norm(self.conv(x)))
 
 
@@ -49,7 +53,7 @@ class PixelEncoder(nn.Module):
         channels: widths of the levels, finest first, e.g. ``(8, 16, 32, 64)`` for S, S/2, S/4, S/8.
 
     Shapes:
-        (B, 3, S, S) CLIP-normalised image -> [(B, channels[k], S / 2^k, S / 2^k) for k in range(len(channels))].
+        (B, 3, H, W) CLIP-normalised image -> [(B, channels[k], ceil(H / 2^k), ceil(W / 2^k)) for each level k].
     """
 
     def __init__(self, channels: tuple[int, ...]):
@@ -66,14 +70,16 @@ class PixelEncoder(nn.Module):
 
 
 class SegmentationHead(nn.Module):
-    """Feature grid (B, d, h, w) [+ image (B, 3, S, S)] -> logits (B, out_channels, h * 2^n, w * 2^n), n = len(channels).
+    """Feature grid (B, d, h, w) [+ image (B, 3, H, W)] -> logits (B, out_channels, H, W) with skips, else
+    (B, out_channels, h * 2^n, w * 2^n), n = len(channels).
 
-    A 1x1 projection, then one (upsample x2, 3x3 conv, GroupNorm, GELU) stage per entry of ``channels``, then a
-    1x1 classifier. With a 14x14 ViT-B/16 grid and 4 stages the output is 224x224. ``dropout`` (Dropout2d on the
-    projected grid) is the knob MONAI Label sets for epistemic scoring.
+    A 1x1 projection, then one (upsample, 3x3 conv, GroupNorm, GELU) stage per entry of ``channels``, then a
+    1x1 classifier. ``dropout`` (Dropout2d on the projected grid) is the knob MONAI Label sets for epistemic scoring.
 
-    With ``skip_channels`` (finest level first), a :class:`PixelEncoder` reads the image, and the stage whose output
-    has resolution S / 2^k concatenates level k before its conv. The image must then be given, at S = h * 2^n.
+    With ``skip_channels`` (finest level first), a :class:`PixelEncoder` reads the image at its own resolution
+    H x W, and stage j (of n) concatenates level k = n - 1 - j, upsampling to that level's size (any ratio: the CLIP
+    grid joins at its own scale); the last stage has level 0, so the logits are H x W. Stages without a level (more
+    stages than levels) upsample x2. Without skips (the paper's head), every stage upsamples x2.
 
     Args:
         in_dim: d. channels: widths of the upsampling stages. out_channels: 2 (background, lesion). dropout: p.
@@ -81,8 +87,8 @@ class SegmentationHead(nn.Module):
 
     Example:
         >>> head = SegmentationHead(192, (128, 64, 32, 16), skip_channels=(8, 16, 32, 64))
-        >>> head(torch.rand(2, 192, 10, 10), torch.rand(2, 3, 160, 160)).shape
-        torch.Size([2, 2, 160, 160])
+        >>> head(torch.rand(2, 192, 10, 10), torch.rand(2, 3, 224, 200)).shape
+        torch.Size([2, 2, 224, 200])
     """
 
     def __init__(self, in_dim: int, channels: tuple[int, ...] = (128, 64, 32, 16), out_channels: int = 2, dropout: float = 0.0,

@@ -8,7 +8,8 @@
       -> [ConfounderProjection]    ... or of the regions only (``deconfounding="regions"``) [ours]
       -> CausalIntervention        F_ca = A(F, Z) over the ConfounderDictionary Z (M, d)
       -> scatter F_ca into C       (unselected positions keep C), grid (B, d, h, w)
-      -> SegmentationHead          logits (B, 2, S, S) [+ skips from the image, ours], resized back to (B, 2, H, W)
+      -> SegmentationHead          logits (B, 2, H, W), with skips from the image at its own resolution H x W (or at
+                                   ``head_resolution``) [ours]; the paper's head (no skips) decodes to S and is resized
       -> presence decision         F_vis against the class prompts and "normal mucosa": the lesion channel is emptied
                                    when the image-level lesion score is below ``presence_threshold`` [ours]
 
@@ -57,6 +58,9 @@ class MCDRLNet(nn.Module):
             :class:`~mcdrl.networks.deconfounding.ConfounderProjection` acts [ours].
         presence_decision: empty the mask of an image whose lesion score is below :attr:`presence_threshold` [ours].
         tau: temperature of the image-level prompt scores (the L_contrast temperature).
+        head_resolution: the size (square) at which a head with skips reads the image and decodes; None: the
+            input's own H x W, so the logits need no resizing [ours]. Set it to bound the head's cost on large frames
+            (the logits are then resized to H x W).
 
     The runtime switch :attr:`intervention_active` (set by :class:`mcdrl.engines.handlers.InterventionSchedule`) turns
     the intervention off for the first epochs of training; it defaults to on, so a loaded model infers with it.
@@ -64,7 +68,7 @@ class MCDRLNet(nn.Module):
 
     Shapes:
         eval ``forward``: (B, 3, H, W) -> logits (B, 2, H, W).
-        train ``forward``: (B, 3, S, S) -> {"pred": (B, 2, S, S), "image_embedding": F_vis (B, d),
+        train ``forward``: (B, 3, H, W) -> {"pred": (B, 2, H, W), "image_embedding": F_vis (B, d),
         "region_embedding": Pool(F_ca) (B, d), "features": the de-confounded, intervened grid tokens (B, L, d),
         "intervention_on": bool}.
     """
@@ -81,6 +85,7 @@ class MCDRLNet(nn.Module):
         deconfounding: str = "none",
         presence_decision: bool = False,
         tau: float = 0.5,
+        head_resolution: int | None = None,
     ):
         super().__init__()
         d = backbone.embed_dim
@@ -106,6 +111,9 @@ class MCDRLNet(nn.Module):
         self.projection = ConfounderProjection(dictionary)
         self.presence_decision = bool(presence_decision)
         self.tau = float(tau)
+        if head_resolution is not None and int(head_resolution) < 16:
+            raise ConfigError(f"head_resolution must be None (the input's own size) or at least 16 pixels, got {head_resolution!r}")
+        self.head_resolution = None if head_resolution is None else int(head_resolution)
         self.register_buffer("presence_threshold", torch.zeros(()))
         if dropout is not None:
             self.head.dropout.p = float(dropout)
@@ -136,21 +144,23 @@ class MCDRLNet(nn.Module):
             tokens = tokens.scatter(1, gather_idx, f)
         return tokens, f, idx
 
-    def _decode(self, tokens: torch.Tensor, size, image: torch.Tensor | None) -> torch.Tensor:
-        """Grid tokens (B, L, d) [+ the CLIP-size image (B, 3, S, S), for a head with skips] -> logits (B, 2, *size).
+    def _decode(self, tokens: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
+        """Grid tokens (B, L, d) and the input image (B, 3, H, W) -> logits (B, 2, H, W).
 
-        The head's skips read the image at the head's output size, grid * 2^stages (= S for the shipped configs)."""
+        A head with skips reads the image at its own resolution (or at ``head_resolution``), so its logits come out
+        at H x W; the paper's head decodes the grid alone and is resized to H x W."""
         b, _, dim = tokens.shape
         grid = tokens.transpose(1, 2).reshape(b, dim, self.grid_size, self.grid_size)
-        pixels = None
-        if self.head.pixel_encoder is not None:
-            if image is None:
-                raise ValueError("this network's head has skips from the image: pass the CLIP-size image to _decode")
-            out = self.grid_size * self.head.upsample_factor
-            if out != image.shape[-1]:
-                image = F.interpolate(image, size=[out, out], mode="bilinear", align_corners=False, antialias=True)
-            pixels = self.backbone.normalize(image)
-        logits = self.head(grid, pixels)
+        size = image.shape[-2:]  # kept symbolic, so a traced network follows the input size
+        if self.head.pixel_encoder is None:
+            logits = self.head(grid)
+        else:
+            if self.head_resolution is not None:
+                r = self.head_resolution
+                image = F.interpolate(image, size=[r, r], mode="bilinear", align_corners=False, antialias=True)
+            logits = self.head(grid, self.backbone.normalize(image))
+            if self.head_resolution is None:
+                return logits
         return F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
 
     def _resize_in(self, x: torch.Tensor) -> torch.Tensor:
@@ -178,20 +188,17 @@ class MCDRLNet(nn.Module):
 
     def forward_with_score(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Eval logits before the presence decision (B, 2, H, W) and the lesion score (B,) (for choosing the threshold)."""
-        size = x.shape[-2:]
-        xs = self._resize_in(x)
-        tokens, pooled = self.backbone.forward_tokens(xs)
+        tokens, pooled = self.backbone.forward_tokens(self._resize_in(x))
         tokens, _, _ = self._regions(tokens)
-        return self._decode(tokens, size, xs), self.lesion_score(pooled)
+        return self._decode(tokens, x), self.lesion_score(pooled)
 
     def forward(self, x: torch.Tensor):
-        size = x.shape[-2:]  # kept symbolic, so a traced network follows the input size
         xs = self._resize_in(x)
         if self.training:
             tokens, pooled = self.backbone.forward_tokens(xs)
             tokens, f_ca, _ = self._regions(tokens)
             return {
-                "pred": self._decode(tokens, size, xs),
+                "pred": self._decode(tokens, x),
                 "image_embedding": pooled,
                 "region_embedding": f_ca.mean(dim=1),
                 "features": tokens,
@@ -199,7 +206,7 @@ class MCDRLNet(nn.Module):
             }
         if not self.presence_decision:
             tokens, _, _ = self._regions(self.backbone.forward_dense(xs))
-            return self._decode(tokens, size, xs)
+            return self._decode(tokens, x)
         logits, score = self.forward_with_score(x)
         return self.gate(logits, score)
 
@@ -212,9 +219,7 @@ class MCDRLNet(nn.Module):
         selected regions; with the intervention off (the shipped configuration), it is
         softmax_m(cos(mean of the selected regions before any projection, z_m) / tau): the confounders those regions
         resemble most, which is what the text-guided projection removes."""
-        size = x.shape[-2:]
-        xs = self._resize_in(x)
-        tokens, pooled = self.backbone.forward_tokens(xs)
+        tokens, pooled = self.backbone.forward_tokens(self._resize_in(x))
         z = self.dictionary.confounders
         if self.applies_intervention:  # one pass of the intervention gives F_ca and the weights (== forward's logits)
             if self.deconfounding == "all":
@@ -231,7 +236,7 @@ class MCDRLNet(nn.Module):
             tokens, _, idx = self._regions(tokens)
             weights = self.confounder_resemblance(raw, idx)
         score = self.lesion_score(pooled)
-        logits = self.gate(self._decode(tokens, size, xs), score)
+        logits = self.gate(self._decode(tokens, x), score)
         return (logits, weights, score) if with_score else (logits, weights)
 
     def confounder_resemblance(self, tokens: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:

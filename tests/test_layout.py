@@ -13,8 +13,9 @@ rank  wing                                                       what
 5     ``demo``                                                   the demo application
 ====  =========================================================  ============================================
 
-``evaluation`` and ``deploy`` are siblings: neither imports the other. Every import counts, including those inside
-functions, relative ones, and ``importlib.import_module("mcdrl....")`` calls with a literal name.
+``evaluation`` and ``deploy`` are siblings: neither imports the other. Within a wing, no modules import each other in a
+circle. Every import counts, including those inside functions, relative ones, and
+``importlib.import_module("mcdrl....")`` calls with a literal name.
 """
 
 from __future__ import annotations
@@ -122,3 +123,54 @@ def test_the_check_catches_a_forbidden_import(tmp_path, source, line, forbidden)
         assert found == []
     else:
         assert len(found) == 1 and found[0].startswith(f"mcdrl/{source}:") and f"({forbidden})" in found[0], found
+
+
+def import_cycles(root: Path = PKG) -> list[list[str]]:
+    """Groups of the package's modules that import each other in a circle (every import counts, as above, including
+    those inside functions): each strongly connected group of two or more modules, sorted."""
+    graph = {module_name(p, root): {t for _, t in imported_modules(p, root)} for p in sorted(root.rglob("*.py"))}
+    graph = {m: sorted(t for t in targets if t in graph and t != m) for m, targets in graph.items()}
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    cycles = []
+
+    def visit(v: str) -> None:  # Tarjan's strongly connected components
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        for w in graph[v]:
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            group = []
+            while True:
+                w = stack.pop()
+                group.append(w)
+                if w == v:
+                    break
+            if len(group) > 1:
+                cycles.append(sorted(group))
+
+    for v in graph:
+        if v not in index:
+            visit(v)
+    return cycles
+
+
+def test_no_modules_import_each_other_in_a_circle():
+    """Within a wing too, imports go one way (issue 22 untied loso's methods -> runner -> run -> methods)."""
+    assert not import_cycles(), "modules that import each other in a circle: " + "; ".join(" <-> ".join(c) for c in import_cycles())
+
+
+def test_the_cycle_check_catches_a_circle(tmp_path):
+    import shutil
+
+    copy = tmp_path / "mcdrl"
+    shutil.copytree(PKG, copy, ignore=shutil.ignore_patterns("__pycache__", "*.json"))
+    assert import_cycles(copy) == []
+    target = copy / "evaluation" / "loso" / "methods.py"
+    target.write_text(target.read_text() + "\n\ndef _added_by_hand():\n    from .runner import run_id\n")
+    assert import_cycles(copy) == [["mcdrl.evaluation.loso.methods", "mcdrl.evaluation.loso.run", "mcdrl.evaluation.loso.runner"]]

@@ -223,6 +223,24 @@ def test_invalid_names_raise() -> None:
         generate_dataset("/nonexistent", ["Z"], 1)
 
 
+def test_generate_dataset_takes_site_specs_and_records_the_protocol(tmp_path: Path) -> None:
+    """A site may be given as a SiteSpec (e.g. its protocol reversed: the same names and seeds, other rates); each
+    entry lists the protocol confounders present, the datalist each site's protocol confounders."""
+    spec = SITES["C"].reversed_protocol()
+    dl = json.loads(generate_dataset(tmp_path / "r", [spec, "A"], 4, seed=3, size=32).read_text())
+    plain = json.loads(generate_dataset(tmp_path / "p", ["C", "A"], 4, seed=3, size=32).read_text())
+    assert dl["protocols"] == {"C": list(spec.protocol_confounders), "A": list(SITES["A"].protocol_confounders)}
+    entries = {e["id"]: e for e in dl["training"] + dl["validation"]}
+    for e in plain["training"] + plain["validation"]:
+        r = entries[e["id"]]
+        assert (r["seed"], r["lesion_class"], r["site"]) == (e["seed"], e["lesion_class"], e["site"])
+        for x, site in ((r, spec if r["site"] == "C" else SITES["A"]), (e, SITES[e["site"]])):
+            assert x["confounders"] == draw_case_params(site, x["seed"])[1]
+            assert x["protocol_confounders"] == [c for c in x["confounders"] if c in site.protocol_confounders]
+    with pytest.raises(ValueError, match="distinct names"):
+        generate_dataset(tmp_path / "d", ["C", spec], 2, size=32)
+
+
 def test_generate_dataset_png_dicom_nifti(tmp_path: Path) -> None:
     import nibabel as nib
     import pydicom

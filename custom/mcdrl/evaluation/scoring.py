@@ -59,7 +59,8 @@ def build_bundle_network(config_files: str | Sequence[str], ckpt_file: str | os.
 
 def load_labelled_images(datalist: str | os.PathLike, split: str, sites: Sequence[str] | None = None,
                          label_threshold: float | str = "auto") -> list[dict]:
-    """``[{"id", "site", "lesion_class", "image": (H, W, 3) uint8, "mask": (H, W) bool}, ...]`` of one datalist split.
+    """``[{"id", "site", "lesion_class", "confounders", "protocol_confounders", "image": (H, W, 3) uint8, "mask": (H, W) bool},
+    ...]`` of one datalist split (``protocol_confounders`` is None where the entry has none: generator version < 4).
 
     Masks are binarised as the bundle's training reads them (:func:`mcdrl.transforms.binarize_mask`, ``label_threshold``).
     """
@@ -70,7 +71,8 @@ def load_labelled_images(datalist: str | os.PathLike, split: str, sites: Sequenc
     out = []
     for e in load_datalist(datalist, split, sites=list(sites) if sites else None):
         out.append({"id": e.get("id", Path(e["image"]).stem), "site": e.get("site"), "lesion_class": e.get("lesion_class"),
-                    "confounders": e.get("confounders", []), "image": np.array(Image.open(e["image"]).convert("RGB")),
+                    "confounders": e.get("confounders", []), "protocol_confounders": e.get("protocol_confounders"),
+                    "image": np.array(Image.open(e["image"]).convert("RGB")),
                     "mask": binarize_mask(Image.open(e["label"]), label_threshold, e["label"])})
     return out
 

@@ -34,7 +34,7 @@ from PIL import Image
 from mcdrl.networks.prompts import CONFOUNDERS, LESION_CLASSES
 
 from .render import Case
-from .sites import GENERIC_MIXTURE, SITES, derive_seed, sample_case
+from .sites import GENERIC_MIXTURE, SITES, SiteSpec, derive_seed, sample_case
 
 VL_ENDOSCOPIC_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.77.1.1"
 VIDEO_ENDOSCOPIC_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.77.1.1.1"
@@ -183,14 +183,16 @@ def _split_counts(n: int, split: Sequence[float]) -> list[int]:
     return counts + [n - sum(counts)]
 
 
-def generate_dataset(out_dir: str | os.PathLike, sites: Sequence[str], n_per_site: int, seed: int = 0,
+def generate_dataset(out_dir: str | os.PathLike, sites: Sequence[str | SiteSpec], n_per_site: int, seed: int = 0,
                      formats: Sequence[str] = ("png",), split: Sequence[float] = (0.8, 0.2), size: int = 224,
                      progress: bool = False, extra_training: int = 0) -> Path:
     """Render ``n_per_site`` cases per site and write files + ``datalist.json`` (see module doc).
 
     Args:
         out_dir: output folder (created).
-        sites: site names of :data:`SITES` (``"generic"`` = :data:`GENERIC_MIXTURE`).
+        sites: site names of :data:`SITES` (``"generic"`` = :data:`GENERIC_MIXTURE`), or :class:`SiteSpec` objects,
+            e.g. ``SITES["A"].reversed_protocol()``: the same scenes (seeds derive from the site's name) with other
+            confounder rates.
         n_per_site: cases per site.
         seed: dataset seed; case ``i`` of site ``s`` uses ``sample_case(SITES[s], derive_seed(seed, "case", i))``.
         formats: any of ``"png"``, ``"dicom"``, ``"nifti"``. The entry's ``"image"`` is the first
@@ -205,22 +207,29 @@ def generate_dataset(out_dir: str | os.PathLike, sites: Sequence[str], n_per_sit
 
     Returns:
         path of ``datalist.json``; entries: ``{"image", "label", "site", "lesion_class",
-        "confounders", "caption", "id", "seed", ...}`` with paths relative to ``out_dir``.
+        "confounders", "protocol_confounders", "caption", "id", "seed", ...}`` with paths relative to ``out_dir``;
+        ``protocol_confounders`` lists the confounders present whose rate depends on the lesion at that site
+        (:attr:`SiteSpec.protocol_confounders`, recorded per site under the datalist's ``"protocols"``).
     """
     out = Path(out_dir)
     formats = list(dict.fromkeys(formats))
     bad = [f for f in formats if f not in FORMATS]
     if bad or not formats:
         raise ValueError(f"unknown format(s) {bad}; known: {list(FORMATS)}")
-    specs = {**SITES, GENERIC_MIXTURE.name: GENERIC_MIXTURE}
+    known = {**SITES, GENERIC_MIXTURE.name: GENERIC_MIXTURE}
     for s in sites:
-        if s not in specs:
-            raise ValueError(f"unknown site {s!r}; known: {list(specs)}")
+        if not isinstance(s, SiteSpec) and s not in known:
+            raise ValueError(f"unknown site {s!r}; known: {list(known)}")
+    specs = {s.name: s for s in (s if isinstance(s, SiteSpec) else known[s] for s in sites)}
+    if len(specs) != len(sites):
+        raise ValueError(f"sites must have distinct names, got {[s.name if isinstance(s, SiteSpec) else s for s in sites]}")
+    sites = list(specs)
     keys = SPLIT_KEYS[: len(split)]
     datalist: dict = {
         "name": "MCDRL synthetic endoscopy", "seed": seed, "size": size, "formats": formats,
         "label_values": {"0": "background", "1": "lesion"}, "lesion_classes": LESION_CLASSES,
         "confounders": CONFOUNDERS, "sites": {s: specs[s].title for s in sites}, "extra_training_per_site": int(extra_training),
+        "protocols": {s: list(specs[s].protocol_confounders) for s in sites},
         **{k: [] for k in keys},
     }
     for site in sites:
@@ -235,7 +244,7 @@ def generate_dataset(out_dir: str | os.PathLike, sites: Sequence[str], n_per_sit
             study = {k: generate_uid(entropy_srcs=["mcdrl-synthetic", str(seed), site, k]) for k in study}
         for i in range(n_per_site + int(extra_training)):
             case = sample_case(spec, derive_seed(seed, "case", i), size)
-            entry = _write_case(out, case, f"{site}_{i:05d}", i, formats, study)
+            entry = _write_case(out, case, f"{site}_{i:05d}", i, formats, study, spec.protocol_confounders)
             datalist[keys[int(which[i])] if i < n_per_site else "training"].append(entry)
         if progress:
             print(f"site {site}: {n_per_site} cases written to {out}", flush=True)
@@ -243,7 +252,7 @@ def generate_dataset(out_dir: str | os.PathLike, sites: Sequence[str], n_per_sit
     return out / "datalist.json"
 
 
-def _write_case(out: Path, case: Case, cid: str, index: int, formats: list[str], study: dict) -> dict:
+def _write_case(out: Path, case: Case, cid: str, index: int, formats: list[str], study: dict, protocol: Sequence[str] = ()) -> dict:
     site = case.site or "none"
     rel: dict[str, str] = {}
     for fmt in formats:
@@ -262,7 +271,8 @@ def _write_case(out: Path, case: Case, cid: str, index: int, formats: list[str],
     label = f"labels/{site}/{cid}.png"
     write_png(out / label, case.mask)
     entry = {"image": rel[formats[0]], "label": label, "site": case.site, "lesion_class": case.lesion_class,
-             "confounders": case.confounders, "caption": case.caption, "id": cid, "seed": case.seed}
+             "confounders": case.confounders, "protocol_confounders": [c for c in case.confounders if c in protocol],
+             "caption": case.caption, "id": cid, "seed": case.seed}
     for fmt in formats[1:]:
         entry[f"image_{fmt}"] = rel[fmt]
     if "nifti" in formats:

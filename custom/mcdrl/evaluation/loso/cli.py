@@ -5,9 +5,10 @@ Examples:
     python -m mcdrl.evaluation.loso --profile quick --validation_only --methods mcdrl --set deconfounding=all --out DIR
     python -m mcdrl.evaluation.loso --profile smoke --clip_model mcdrl-tiny-vit --clip_weights W --dictionary_path D --out /tmp/r
 
-``--validation_only`` trains every run but scores no held-out image: it reports source-site validation Dice, the
-figure settings are chosen on. ``--set key=value`` (repeatable, JSON values) changes the bundle config of every run,
-e.g. to try a setting of the shipped configuration on all rows at once.
+``--validation_only`` trains every run but scores no held-out frame: it reports each run's validation Dice on the
+interventional split (the source sites' validation frames with their protocol off), which settings are chosen by,
+and on the plain source-site split, which rewards a shortcut. ``--set key=value`` (repeatable, JSON values) changes
+the bundle config of every run, e.g. to try a setting of the shipped configuration on all rows at once.
 
 Defaults: the demo CLIP and its dictionary from ``bundle/models/``, results into ``bundle/docs/results/``, the
 generated world and per-run results under ``data/benchmark/`` (git-ignored). Interrupted runs resume.
@@ -32,14 +33,14 @@ from mcdrl.networks.clip_backbone import resolve_weights, weights_sha256
 from mcdrl.paths import default_bundle_root, portable_command, repo_relative
 
 from . import report, runner
-from .methods import METHODS, Method, ablation_rows, all_methods
+from .methods import Method, all_methods
 from .profiles import PROFILES, get_profile
 
 
 def _parser() -> argparse.ArgumentParser:
     bundle = Path(default_bundle_root())
     p = argparse.ArgumentParser(prog="python -m mcdrl.evaluation.loso", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--profile", choices=sorted(PROFILES), default="full", help="smoke: mechanics only; quick: <= 15 min; full: the published run")
+    p.add_argument("--profile", choices=sorted(PROFILES), default="full", help="smoke: mechanics only; quick: <= 15 min; full: the published run (<= 150 min)")
     p.add_argument("--clip_model", default="mcdrl-demo-vit", help="open_clip config name")
     p.add_argument("--clip_weights", default=str(bundle / "models" / "clip" / "mcdrl-demo-vit.safetensors"), help="local CLIP weights file")
     p.add_argument("--dictionary_path", default=str(bundle / "models" / "confounder_dictionary.safetensors"), help="stage-1 artifact of the same CLIP")
@@ -48,10 +49,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--cache_dir", default=str(bundle.parent / "data" / "benchmark"), help="world and per-run results")
     p.add_argument("--methods", nargs="+", choices=list(all_methods()), default=None, help="rows to run (default: the profile's, else all)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=JSON", help="a config override for every run (repeatable)")
-    p.add_argument("--validation_only", action="store_true", help="score no held-out image; report source-site validation Dice")
+    p.add_argument("--validation_only", action="store_true", help="score no held-out frame; report both validation Dice (choose by the interventional one)")
     p.add_argument("--held_out", nargs="+", default=None, help="run only these folds (checks; the report then covers only them)")
-    p.add_argument("--seeds", nargs="+", type=int, default=None, help="override the profile's seeds")
-    p.add_argument("--unet_seeds", nargs="+", type=int, default=None, help="override the profile's UNet seeds")
+    p.add_argument("--seeds", nargs="+", type=int, default=None, help="every row on these seeds (instead of the profile's)")
     p.add_argument("--epochs", type=int, default=None)
     p.add_argument("--n_per_site", type=int, default=None)
     p.add_argument("--workers", type=int, default=None, help="worker processes (default: the profile's)")
@@ -66,27 +66,30 @@ def main(argv: list[str] | None = None) -> int:
     bundle = Path(default_bundle_root())
     repo = bundle.parent
     sets = parse_sets(args.set)
-    profile = get_profile(args.profile).replace(
-        seeds=tuple(args.seeds) if args.seeds else None, unet_seeds=tuple(args.unet_seeds) if args.unet_seeds else None,
-        epochs=args.epochs, n_per_site=args.n_per_site, workers=args.workers, threads=args.threads)
+    profile = get_profile(args.profile).replace(seeds=tuple(args.seeds) if args.seeds else None, epochs=args.epochs,
+                                                n_per_site=args.n_per_site, workers=args.workers, threads=args.threads)
     if sets:
         profile = profile.replace(overrides=tuple(dict(profile.overrides, **sets).items()))
     say = functools.partial(print, flush=True)
-    say(f"mcdrl.evaluation.loso: profile {profile.name}, sites {list(profile.sites)}, seeds {list(profile.seeds)}, {profile.epochs} epochs, "
-        f"{profile.workers} worker(s) x {profile.threads} thread(s); CLIP {args.clip_model}" + (f"; every run sets {sets}" if sets else ""))
-    prep = runner.prepare(profile, bundle, args.clip_model, args.clip_weights, args.dictionary_path, args.cache_dir)
     known = all_methods()
-    chosen = args.methods or profile.methods or [*METHODS, *ablation_rows(prep.configs_dir)]
+    chosen = args.methods or profile.methods or list(known)
     methods = {m: known[m] for m in known if m in chosen}
-    cells = [(m, profile.seeds_of(m.seeds)) for m in methods.values()]
+    folds = len(args.held_out) if args.held_out else len(profile.sites)
+    say(f"mcdrl.evaluation.loso: profile {profile.name}, sites {list(profile.sites)}, seeds {list(profile.seeds)}, {profile.epochs} epochs, "
+        f"{profile.workers} worker(s) x {profile.threads} thread(s); CLIP {args.clip_model}" + (f"; every run sets {sets}" if sets else "")
+        + f"; rows {list(methods)}: about {profile.estimate_minutes({n: m.cost for n, m in methods.items()}) * folds / len(profile.sites):.0f} min "
+        "on 2 free cores with nothing cached (profiles.py)")
+    prep = runner.prepare(profile, bundle, args.clip_model, args.clip_weights, args.dictionary_path, args.cache_dir)
+    cells = [(m, profile.seeds_of(m.name)) for m in methods.values()]
     records = runner.run_grid(prep, cells, validation_only=args.validation_only, progress=say, held_out=tuple(args.held_out) if args.held_out else None)
     sites = tuple(args.held_out) if args.held_out else profile.sites
     wall = time.perf_counter() - t_start
     meta = {
         "command": portable_command("python -m mcdrl.evaluation.loso", list(argv if argv is not None else sys.argv[1:]), repo),
         "date": datetime.datetime.now().isoformat(timespec="seconds"), "profile": profile.name, "sites": list(profile.sites),
-        "seeds": list(profile.seeds), "unet_seeds": list(profile.unet_seeds or profile.seeds), "epochs": profile.epochs,
-        "causal_start_epoch": profile.causal_start, "n_per_site": profile.n_per_site, "image_size": profile.image_size,
+        "seeds": list(profile.seeds), "row_seeds": {n: list(profile.seeds_of(n)) for n in methods if profile.seeds_of(n) != profile.seeds},
+        "epochs": profile.epochs, "causal_start_epoch": profile.causal_start, "n_per_site": profile.n_per_site, "n_oracle": profile.oracle_frames,
+        "image_size": profile.image_size, "world": repo_relative(Path(prep.world["sampled"]).parents[1], repo), "world_parts": list(prep.world),
         "val_fraction": profile.val_fraction, "world_seed": profile.world_seed, "every_run_sets": sets,
         "clip_model": args.clip_model, "clip_weights": repo_relative(args.clip_weights, repo),
         "clip_weights_sha256": weights_sha256(resolve_weights(args.clip_weights)), "dictionary": repo_relative(args.dictionary_path, repo),
@@ -98,15 +101,16 @@ def main(argv: list[str] | None = None) -> int:
     }
     doc = report.write_report(Path(args.out), records, methods, sites, meta, stem=args.stem)
     for name, m in doc["methods"].items():
+        val = f"validation Dice interventional {100 * m['validation_dice_interventional']:.1f}, plain {100 * m['validation_dice_plain']:.1f}"
         if doc["validation_only"]:
-            say(f"{name:>17}: source-site validation Dice {100 * m['source_validation_dice']:.1f}")
+            say(f"{name:>18}: {val}")
         else:
-            say(f"{name:>17}: Dice {100 * m['dice_mean']:.1f} ± {100 * m['dice_std']:.1f}  per site "
-                + " ".join(f"{s} {100 * v:.1f}" for s, v in m["per_site_dice"].items()) + f"  (source-val {100 * m['source_validation_dice']:.1f})")
-    if doc.get("target"):
-        t = doc["target"]
-        say(f"shipped MCDRL - Baseline: {t['gain_over_baseline_points']:+.1f} points, better at {t['sites_better_count']}/{len(sites)} sites, "
-            f"seed std {t['seed_std_points']:.1f}")
+            say(f"{name:>18}: Dice {100 * m['dice_mean']:.1f} ± {100 * m['dice_std']:.1f}, reversed {100 * m['dice_mean_reversed']:.1f} ± "
+                f"{100 * m['dice_std_reversed']:.1f}; worst group {100 * m['worst_group_dice']:.1f} / {100 * m['worst_group_dice_reversed']:.1f}; ({val})")
+    if doc.get("shortcut"):
+        say(f"ERM learnt the shortcut: {'yes' if doc['shortcut']['learnt'] else 'no'} (reversed - as sampled {-doc['shortcut']['drop_points']:+.1f} points)")
+    for t in doc.get("targets", []):
+        say(f"{t['target']}: {t['value_points']:+.1f} ({'met' if t['met'] else 'NOT met'})")
     say(f"wrote {repo_relative(Path(args.out) / (args.stem + '.md'), repo)} in {wall / 60:.1f} min")
     return 0
 

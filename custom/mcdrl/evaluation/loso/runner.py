@@ -2,8 +2,9 @@
 
 Each finished run is written atomically to ``<cache_dir>/runs/<profile>-<fingerprint>/<run id>.json``; a rerun of
 the command skips runs whose file exists, so an interrupted benchmark resumes where it stopped (it can run in the
-background). The grid's fingerprint covers the profile, the CLIP weights and the dictionary; a run's id is the digest
-of the configuration it trains (:func:`run_config`: ``train.json``, the method's files, its overrides), with the
+background). The grid's fingerprint covers the profile, the world (its name carries the generator version), the
+evaluation's version, the CLIP weights and the dictionary; a run's id is the digest of the configuration it trains
+(:func:`run_config`: ``train.json``, the method's files, its overrides) and of the world it trains on, with the
 held-out site and the seed. Changing a config therefore re-runs exactly the runs whose configuration it changes,
 and two rows that train the same configuration (from any files) share their runs. Runs execute in ``workers``
 spawned processes with ``threads`` torch threads.
@@ -20,15 +21,19 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from mcdrl.errors import InputFileError
+from mcdrl.errors import ConfigError, InputFileError
 from mcdrl.networks.clip_backbone import resolve_weights, weights_sha256
 from mcdrl.utils import atomic_path
 
 from .methods import Method
 from .profiles import Profile
-from .world import ensure_world
+from .world import ensure_world, world_name
 
-__all__ = ["Prepared", "effective_key", "prepare", "run_config", "run_grid", "run_id"]
+__all__ = ["EVALUATION_VERSION", "Prepared", "effective_key", "prepare", "run_config", "run_grid", "run_id"]
+
+#: what a run record holds; part of the grid's fingerprint, so records of another version are never reused
+#: (2: issue 22, reversed protocol, interventional selection, both validation scores)
+EVALUATION_VERSION = 2
 
 logger = logging.getLogger(__name__)
 
@@ -39,7 +44,8 @@ class Prepared:
 
     profile: Profile
     configs_dir: str
-    common: dict  # keys every run sets: bundle_root, CLIP, dictionary, dataset_dir
+    common: dict  # keys every run sets: bundle_root, CLIP, dictionary
+    world: dict  # part of the world (world.PARTS) -> its datalist.json
     work_dir: str
     fingerprint: str
     timings: dict
@@ -50,26 +56,49 @@ def _sha(path) -> str:
 
 
 def prepare(profile: Profile, bundle_root, clip_model: str, clip_weights, dictionary_path, cache_dir) -> Prepared:
-    """Generate (or reuse) the world and fix what identifies this grid."""
+    """Check the profile against the configuration, generate (or reuse) the world and fix what identifies this grid.
+
+    Raises:
+        InputFileError: the dictionary file does not exist.
+        ConfigError: the world's frames are not at the size the configuration trains at (``train_size``).
+    """
     bundle_root, cache_dir = Path(bundle_root), Path(cache_dir)
     dictionary_path = Path(dictionary_path)
     if not dictionary_path.is_file():
         raise InputFileError(f"--dictionary_path {dictionary_path} does not exist. Build it with: python -m monai.bundle run build_dictionary "
                              "--config_file bundle/configs/dictionary.json (with the same --clip_model/--clip_weights).")
+    configs_dir = bundle_root / "configs"
+    _check_train_size(profile, configs_dir)
     t = time.perf_counter()
-    datalist = ensure_world(cache_dir, profile.sites, profile.n_per_site, profile.world_seed, profile.image_size, profile.val_fraction)
+    world = ensure_world(cache_dir, profile.sites, profile.n_per_site, profile.world_seed, profile.image_size, profile.val_fraction,
+                         profile.oracle_frames)
     timings = {"world_s": round(time.perf_counter() - t, 1)}
     weights = resolve_weights(clip_weights)
-    configs_dir = bundle_root / "configs"
     # the configs are part of each run's id (run_config), not of the grid's
-    identity = {k: v for k, v in asdict(profile).items() if k not in ("workers", "threads", "seeds", "unet_seeds")}
-    fingerprint = hashlib.sha256(json.dumps([identity, clip_model, weights_sha256(weights), _sha(dictionary_path)],
+    # what a run's result depends on: the world and the budget, not the profile's name, seeds or rows (so the quick
+    # profile's runs are the full profile's runs with the same world and budget)
+    identity = {k: v for k, v in asdict(profile).items() if k not in ("name", "workers", "threads", "seeds", "row_seeds", "methods")}
+    name = world_name(profile.sites, profile.n_per_site, profile.world_seed, profile.image_size, profile.val_fraction, profile.oracle_frames)
+    fingerprint = hashlib.sha256(json.dumps([identity, name, EVALUATION_VERSION, clip_model, weights_sha256(weights), _sha(dictionary_path)],
                                             sort_keys=True, default=str).encode()).hexdigest()[:10]
-    work_dir = cache_dir / "runs" / f"{profile.name}-{fingerprint}"
+    work_dir = cache_dir / "runs" / fingerprint
     work_dir.mkdir(parents=True, exist_ok=True)
     common = {"bundle_root": str(bundle_root), "clip_model": clip_model, "clip_weights": str(weights) if weights else None,
-              "dictionary_path": str(dictionary_path), "dataset_dir": str(Path(datalist).parent)}
-    return Prepared(profile, str(configs_dir), common, str(work_dir), fingerprint, timings)
+              "dictionary_path": str(dictionary_path)}
+    return Prepared(profile, str(configs_dir), common, {k: str(v) for k, v in world.items()}, str(work_dir), fingerprint, timings)
+
+
+def _check_train_size(profile: Profile, configs_dir: Path) -> None:
+    """The world's frames must be at the size every run trains at (``train_size`` of train.json or the profile's
+    overrides; the variant files do not change it), so that no run resamples its frames."""
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config(str(configs_dir / "train.json"))
+    size = dict(profile.overrides).get("train_size", parser.get("train_size"))
+    if size != profile.image_size:
+        raise ConfigError(f"profile {profile.name}: the world's frames are {profile.image_size} px but {configs_dir / 'train.json'} "
+                          f"trains at train_size {size}; set the profile's image_size to {size} (or its overrides' train_size)")
 
 
 def effective_key(method: Method, configs_dir: str | os.PathLike) -> dict:
@@ -108,9 +137,9 @@ def run_config(method: Method, configs_dir: str | os.PathLike) -> dict:
 
 
 def run_id(method: Method, held_out: str, seed: int, validation_only: bool, configs_dir: str | os.PathLike) -> str:
-    """``<config digest>-<held-out site>-s<seed>``: the digest of :func:`run_config`, so identical configurations share
-    runs, whichever files or overrides set them."""
-    digest = hashlib.sha256(json.dumps(run_config(method, configs_dir), sort_keys=True, default=str).encode()).hexdigest()[:10]
+    """``<digest>-<held-out site>-s<seed>``: the digest of :func:`run_config` and the training world, so identical
+    configurations trained on the same frames share runs, whichever files or overrides set them."""
+    digest = hashlib.sha256(json.dumps([run_config(method, configs_dir), method.world], sort_keys=True, default=str).encode()).hexdigest()[:10]
     return f"{digest}-{held_out}-s{seed}{'-val' if validation_only else ''}"
 
 
@@ -129,7 +158,7 @@ def _work(task: tuple) -> tuple[str, dict]:
 
     prep, method, held_out, seed, out_path, validation_only = task
     run_dir = Path(out_path).with_suffix("")
-    record = run_one(method, prep.profile, held_out, seed, Path(prep.configs_dir), prep.common, run_dir, validation_only)
+    record = run_one(method, prep.profile, held_out, seed, Path(prep.configs_dir), prep.common, prep.world, run_dir, validation_only)
     with atomic_path(out_path) as tmp:
         Path(tmp).write_text(json.dumps(record))
     return out_path, record
@@ -181,9 +210,11 @@ def run_grid(prep: Prepared, cells: list[tuple[Method, tuple[int, ...]]], valida
 
 
 def _report(progress, done: int, total: int, result: dict, t0: float) -> None:
-    rows = result["rows"]
-    held = f"held-out Dice {sum(r['dice'] for r in rows) / len(rows):.3f}, " if rows else ""
+    rows, rev = result["rows"], result["rows_reversed"]
+    held = (f"held-out Dice {sum(r['dice'] for r in rows) / len(rows):.3f}, reversed {sum(r['dice'] for r in rev) / len(rev):.3f}; "
+            if rows and rev else "")
     elapsed = time.perf_counter() - t0
-    progress(f"[{done}/{total}] {result['method']:>17} held-out {result['held_out']} seed {result['seed']}: {held}source-val Dice "
-             f"{result['source_validation_dice']:.3f} (epoch {result['selected_epoch']}, {result['wall_s']:.0f} s; elapsed {elapsed / 60:.1f} min, "
+    progress(f"[{done}/{total}] {result['method']:>18} held-out {result['held_out']} seed {result['seed']}: {held}validation Dice "
+             f"interventional {result['validation_dice_interventional']:.3f}, plain {result['validation_dice_plain']:.3f} "
+             f"(epoch {result['selected_epoch']}, {result['wall_s']:.0f} s; elapsed {elapsed / 60:.1f} min, "
              f"ETA {elapsed / done * (total - done) / 60:.1f} min)")

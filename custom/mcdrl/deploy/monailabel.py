@@ -60,6 +60,8 @@ class RuntimeOptionsInferer(SimpleInferer):
     Args:
         alpha: fraction of positions MTRS keeps, in (0, 1]; None leaves the network's value.
         use_intervention: apply the causal intervention (False is the "w/o CDRL" ablation); None leaves it.
+        site_profile: a ``site_profile.json`` (``inference.json``'s ``site_profile`` key) whose presence threshold
+            the network uses (:func:`mcdrl.io.site_profile.apply_site_profile`); None leaves the model's.
 
     Values may arrive as strings (``"0.3"``, ``"false"``) from annotation clients; a bad value is a ``ValueError``
     naming the option. Networks without these attributes (e.g. TorchScript) run unchanged, with a warning when an
@@ -68,8 +70,13 @@ class RuntimeOptionsInferer(SimpleInferer):
     Shapes: ``inputs`` (B, 3, H, W) -> logits (B, 2, H, W), as the network's eval forward.
     """
 
-    def __init__(self, alpha: float | str | None = None, use_intervention: bool | str | None = None):
+    def __init__(self, alpha: float | str | None = None, use_intervention: bool | str | None = None, site_profile: str | os.PathLike | None = None):
         super().__init__()
+        self.site_profile = None if site_profile in (None, "", "null", "none") else str(site_profile)
+        if self.site_profile is not None:
+            from mcdrl.io.site_profile import load_site_profile
+
+            load_site_profile(self.site_profile)  # a missing or malformed file fails when the config is parsed
         self.alpha = None
         if alpha is not None:
             try:
@@ -94,6 +101,10 @@ class RuntimeOptionsInferer(SimpleInferer):
                 net.use_intervention = self.use_intervention
             else:
                 logger.warning("use_intervention=%s ignored: the network has no such switch", self.use_intervention)
+        if self.site_profile is not None:
+            from mcdrl.io.site_profile import apply_site_profile
+
+            apply_site_profile(net, self.site_profile)
 
     def __call__(self, inputs: torch.Tensor, network, *args, **kwargs):
         self.apply(network)

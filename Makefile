@@ -57,6 +57,7 @@ regenerate-model: $(STAMP)
 	rm -rf data/synthetic bundle/runs/train bundle/models/model.pt bundle/models/previous
 	$(MAKE) data/synthetic/datalist.json
 	$(BUNDLE_RUN) training --config_file bundle/configs/train.json --meta_file bundle/configs/metadata.json $(LOGCONF)
+	$(BUNDLE_RUN) calibrate_readout --config_file "['bundle/configs/inference.json','bundle/configs/site_profile.json']" $(LOGCONF)
 	$(PY) -m mcdrl.deploy.shipped bundle
 	$(MAKE) demo-results model-reports
 
@@ -76,10 +77,13 @@ demo-results: $(STAMP) data/synthetic/datalist.json data/heldout_F/datalist.json
 	$(PY) -c "import json,csv,torch; r={n: dict(csv.reader(open(f'bundle/eval/{n}/metrics.csv'))) for n in ('train_sites','heldout_F')}; r['training']=json.load(open('bundle/runs/train/training_time.json')); r['presence_threshold']=float(torch.load('bundle/models/model.pt', weights_only=True)['presence_threshold']); json.dump(r, open('bundle/docs/results/demo_model.json','w'), indent=1); print(r)"
 
 ## make model-reports: the shipped model against a MONAI UNet trained for the same wall time, and under shifts and at a
-## new site -> bundle/docs/results/compare.* and robustness.*
+## new site (with the oracle rows), its confounder report and site profiles -> bundle/docs/results/compare.*,
+## robustness.*, confounder_readout.*, site_profile.*
 model-reports: $(STAMP) data/synthetic/datalist.json data/heldout_F/datalist.json data/oracle_F/datalist.json
 	$(PY) -m mcdrl.evaluation.compare --oracle data/oracle_F/datalist.json
 	$(PY) -m mcdrl.evaluation.robustness
+	$(PY) -m mcdrl.evaluation.confounder_readout
+	$(PY) -m mcdrl.evaluation.site_profile
 
 ## make onnx: the onnxruntime engine's graphs next to the weights (models/model.onnx, model.int8.onnx); the engine
 ## also exports them on first use, and again whenever model.pt changes

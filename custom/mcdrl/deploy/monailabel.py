@@ -65,6 +65,8 @@ class RuntimeOptionsInferer(SimpleInferer):
         engine: ``torch`` (default), or ``onnxruntime`` / ``onnxruntime-int8``: the network's exported graph
             (:mod:`mcdrl.deploy.onnx_engine`), checked against ``model_path`` before every call.
         model_path: the weights the graph comes from (``models/model.pt``); needed by the onnxruntime engines.
+        site_profile: a ``site_profile.json`` (``inference.json``'s ``site_profile`` key) whose presence threshold
+            the network uses (:func:`mcdrl.io.site_profile.apply_site_profile`); None leaves the model's.
 
     Values may arrive as strings (``"0.3"``, ``"false"``) from annotation clients; a bad value is a ``ValueError``
     naming the option. Networks without these attributes (e.g. TorchScript) run unchanged, with a warning when an
@@ -74,13 +76,21 @@ class RuntimeOptionsInferer(SimpleInferer):
     """
 
     def __init__(self, alpha: float | str | None = None, use_intervention: bool | str | None = None, engine: str = "torch",
-                 model_path: str | os.PathLike | None = None):
+                 model_path: str | os.PathLike | None = None, site_profile: str | os.PathLike | None = None):
         super().__init__()
         from .onnx_engine import check_engine
 
         self.engine, self.model_path = check_engine(engine), model_path
         if self.engine != "torch" and not model_path:
             raise ConfigError(f"engine {engine}: pass model_path, the weights its ONNX graph is exported from")
+        self.site_profile = None if site_profile in (None, "", "null", "none") else str(site_profile)
+        if self.site_profile is not None:
+            if self.engine != "torch":
+                raise ConfigError(f"site_profile {self.site_profile}: a site profile applies to the torch engine only (engine {engine} "
+                                  "bakes the model's presence threshold into its graph)")
+            from mcdrl.io.site_profile import load_site_profile
+
+            load_site_profile(self.site_profile)  # a missing or malformed file fails when the config is parsed
         self.alpha = None
         if alpha is not None:
             try:
@@ -105,6 +115,10 @@ class RuntimeOptionsInferer(SimpleInferer):
                 net.use_intervention = self.use_intervention
             else:
                 logger.warning("use_intervention=%s ignored: the network has no such switch", self.use_intervention)
+        if self.site_profile is not None:
+            from mcdrl.io.site_profile import apply_site_profile
+
+            apply_site_profile(net, self.site_profile)
 
     def __call__(self, inputs: torch.Tensor, network, *args, **kwargs):
         self.apply(network)

@@ -32,6 +32,7 @@ from mcdrl.utils import as_bool
 
 from .discovery import DEFAULT_MAX_SIDE, Case, DiscoverCases, quiet_dicom, redact
 from .readers import LoadCase, LoadedCase
+from .site_profile import apply_site_profile
 from .summary import CaseResult, Progress, SummaryWriter
 from .writers import write_nifti_mask, write_png_mask
 
@@ -99,6 +100,8 @@ class FolderInferenceRunner:
         progress: True/False forces the tqdm bar; None: bar on a terminal, log lines otherwise.
         min_lesion_fraction, keep_largest_lesion: the bundle's post-processing of each frame's mask
             (:class:`mcdrl.transforms.LesionPostprocess`), the same as ``postprocessing`` in inference.json.
+        site_profile: a ``site_profile.json`` (:mod:`.site_profile`) whose presence threshold replaces the model's for
+            this run; the summary names it. None: the model's own threshold.
 
     Example:
         >>> runner = FolderInferenceRunner(net, "cpu", "out/", strict=False)
@@ -108,7 +111,8 @@ class FolderInferenceRunner:
 
     def __init__(self, network: torch.nn.Module, device: str | torch.device | None = None, output_dir: str | os.PathLike = "output",
                  strict: bool | str = True, batch_size: int = 8, max_side: int = DEFAULT_MAX_SIDE, write_seg: bool | str = True,
-                 progress: bool | None = None, min_lesion_fraction: float = 0.0, keep_largest_lesion: bool = False):
+                 progress: bool | None = None, min_lesion_fraction: float = 0.0, keep_largest_lesion: bool = False,
+                 site_profile: str | os.PathLike | None = None):
         self.network = network
         self.device = torch.device(device) if device is not None else next(network.parameters()).device
         self.output_dir = Path(output_dir)
@@ -119,6 +123,7 @@ class FolderInferenceRunner:
         self.progress = progress
         self._load = LoadCase()
         self._post = LesionPostprocess(min_lesion_fraction, as_bool(keep_largest_lesion, "keep_largest_lesion"))
+        self.site_profile = None if site_profile in (None, "", "null", "none") else Path(site_profile)
 
     # ------------------------------------------------------------------ public
     def run(self, input_path: str | os.PathLike) -> list[CaseResult]:
@@ -128,6 +133,7 @@ class FolderInferenceRunner:
         net = getattr(self.network, "module", self.network)
         net.eval()
         self._names = list(net.confounder_names)
+        profile = apply_site_profile(net, self.site_profile) if self.site_profile is not None else None
         cases = DiscoverCases(self.max_side, exclude=[out])(input_path)
         todo = [c for c in cases if c.processable]
         if not todo and not any(c.kind == "error" for c in cases):
@@ -135,7 +141,10 @@ class FolderInferenceRunner:
         results = [CaseResult(c.name, c.input, c.kind, c.kind, c.reason, list(c.warnings), c.series_uid) for c in cases if not c.processable]
         summary = SummaryWriter(out, str(input_path))
         progress = Progress(len(cases), self.progress)
-        extra = {"network": type(net).__name__, "confounders": self._names, "batch_size": self.batch_size, "strict": self.strict}
+        readout = getattr(net, "readout", None)
+        extra = {"network": type(net).__name__, "confounders": self._names, "batch_size": self.batch_size, "strict": self.strict,
+                 "confounder_readout": "calibrated" if readout is not None and readout.is_calibrated else "uncalibrated (scores are cos(F_vis, z_m); run calibrate_readout)",
+                 "site_profile": profile}
         t0 = time.perf_counter()
         try:
             for r in results:

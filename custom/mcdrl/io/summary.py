@@ -43,9 +43,9 @@ class CaseResult:
         lesion_score: the network's image-level lesion score (1 - P(normal mucosa)), the highest over the frames; a
             frame scoring below the model's presence threshold gets an empty mask. lesion_frames: frames with any
             lesion pixel. seconds: load + this case's share of the batched model calls
-            + writing. top_confounders: [(name, weight)] x 3, averaged over the frames: the intervention's
-            attention over the confounder dictionary (averaged over the selected regions) or, with the intervention
-            off, the dictionary's softmax resemblance to the selected regions (``MCDRLNet.predict_with_confounders``). outputs: written files, relative to the
+            + writing. top_confounders: [(name, score)] x 3, the confounder readout's scores averaged over the
+            frames (``MCDRLNet.predict_with_confounders``): cos(F_vis, z_m) - cos(F_vis, neutral prompt), highest
+            first; the model's calibration thresholds on these scores decide presence (the site profile). outputs: written files, relative to the
             output folder.
     """
 

@@ -12,6 +12,8 @@
                                    ``head_resolution``) [ours]; the paper's head (no skips) decodes to S and is resized
       -> presence decision         F_vis against the class prompts and "normal mucosa": the lesion channel is emptied
                                    when the image-level lesion score is below ``presence_threshold`` [ours]
+      -> [ConfounderReadout]       (reports only) which confounders the frame shows: F_vis against Z, calibrated on
+                                   the source sites (``predict_with_confounders``, ``read_frames``) [ours]
 
 The parts are injected (Segment Anything style): the bundle config builds each one as a nested ``_target_``
 component, so a backbone swap or an ablation is a config edit. Eval ``forward`` returns one tensor, so the
@@ -28,6 +30,7 @@ from torch import nn
 from mcdrl.errors import ConfigError
 
 from .clip_backbone import CLIPVisualBackbone
+from .confounder_readout import ConfounderReadout
 from .deconfounding import ConfounderProjection
 from .dictionary import ConfounderDictionary
 from .head import SegmentationHead
@@ -65,6 +68,8 @@ class MCDRLNet(nn.Module):
         head_resolution: the size (square) at which a head with skips reads the image and decodes; None: the
             input's own H x W, so the logits need no resizing [ours]. Set it to bound the head's cost on large frames
             (the logits are then resized to H x W).
+        readout: the confounder readout of the reports (None: an uncalibrated one of the dictionary's size; its
+            calibration buffers come from ``model.pt``).
 
     The runtime switch :attr:`intervention_active` (set by :class:`mcdrl.engines.handlers.InterventionSchedule`) turns
     the intervention off for the first epochs of training; it defaults to on, so a loaded model infers with it.
@@ -91,6 +96,7 @@ class MCDRLNet(nn.Module):
         tau: float = 0.5,
         head_resolution: int | None = None,
         head_input: str = "intervened",
+        readout: ConfounderReadout | None = None,
     ):
         super().__init__()
         d = backbone.embed_dim
@@ -124,6 +130,7 @@ class MCDRLNet(nn.Module):
             raise ConfigError(f"head_resolution must be None (the input's own size) or at least 16 pixels, got {head_resolution!r}")
         self.head_resolution = None if head_resolution is None else int(head_resolution)
         self.register_buffer("presence_threshold", torch.zeros(()))
+        self.readout = readout if readout is not None else ConfounderReadout(dictionary.num_confounders, d)
         if dropout is not None:
             self.head.dropout.p = float(dropout)
         self.image_size = backbone.image_size
@@ -228,34 +235,30 @@ class MCDRLNet(nn.Module):
     @torch.no_grad()
     def predict_with_confounders(self, x: torch.Tensor, with_score: bool = False) -> tuple[torch.Tensor, ...]:
         """What the folder runner reports, from one pass: eval logits after the presence decision (B, 2, H, W) (== forward),
-        which confounders the selected regions carry (B, M), and with ``with_score`` the image-level lesion score (B,).
+        the confounder readout's scores (B, M) (:class:`~mcdrl.networks.confounder_readout.ConfounderReadout`: F_vis
+        against the dictionary, higher = more likely present), and with ``with_score`` the image-level lesion score (B,).
 
-        The confounder reading is the intervention's attention over the M confounders, averaged over heads and
-        selected regions; with the intervention off (the shipped configuration), it is
-        softmax_m(cos(mean of the selected regions before any projection, z_m) / tau): the confounders those regions
-        resemble most, which is what the text-guided projection removes."""
+        Before issue 23 the report read the MTRS regions' resemblance to the dictionary
+        (:meth:`confounder_resemblance`); that reading's top-1 was a true confounder in 22% of frames at site F."""
         tokens, pooled = self.backbone.forward_tokens(self._resize_in(x))
-        z = self.dictionary.confounders
-        raw = tokens
-        if self.applies_intervention:  # one pass of the intervention gives F_ca and the weights (== forward's logits)
-            if self.deconfounding == "all":
-                tokens = self.projection(tokens)
-            idx, _ = self.selector(tokens, self.dictionary.class_embeddings, self.dictionary.background_embedding)
-            gather_idx = idx.unsqueeze(-1).expand(-1, -1, tokens.shape[-1])
-            f = torch.gather(tokens, 1, gather_idx)
-            if self.deconfounding == "regions":
-                f = self.projection(f)
-            f, weights = self.intervention.forward_with_weights(f, z.to(tokens.dtype))
-            tokens = self._head_tokens(raw, tokens.scatter(1, gather_idx, f))
-        else:
-            tokens, _, idx = self._regions(tokens)
-            weights = self.confounder_resemblance(raw, idx)
+        tokens, _, _ = self._regions(tokens)
+        weights = self.readout(pooled, self.dictionary.confounders)
         score = self.lesion_score(pooled)
         logits = self.gate(self._decode(tokens, x), score)
         return (logits, weights, score) if with_score else (logits, weights)
 
+    @torch.no_grad()
+    def read_frames(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The image-level readings only, without segmenting: (B, 3, H, W) -> lesion score (B,), confounder scores (B, M).
+
+        What the site profile reads from each frame (one pass of the CLIP trunk, no decoder)."""
+        _, pooled = self.backbone.forward_tokens(self._resize_in(x))
+        return self.lesion_score(pooled), self.readout(pooled, self.dictionary.confounders)
+
     def confounder_resemblance(self, tokens: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-        """softmax over the dictionary of cos(mean of the tokens at ``idx``, z_m) / tau: (B, L, d), (B, N) -> (B, M)."""
+        """softmax over the dictionary of cos(mean of the tokens at ``idx``, z_m) / tau: (B, L, d), (B, N) -> (B, M).
+
+        The report's reading before issue 23 (kept for ``python -m mcdrl.evaluation.confounder_readout``)."""
         f = torch.gather(tokens, 1, idx.unsqueeze(-1).expand(-1, -1, tokens.shape[-1])).mean(dim=1)
         z = self.dictionary.confounders.to(f.dtype)
         return torch.softmax(F.normalize(f, dim=-1) @ F.normalize(z, dim=-1).t() / self.tau, dim=-1)

@@ -59,7 +59,9 @@ def make_site_figure(path: str | os.PathLike, sites: Sequence[str] | None = None
         spec = SITES[name]
         ax = axes[r, 0]
         ax.axis("off")
-        label = f"Site {spec.name}\n{spec.title}\n\n" + "\n".join(textwrap.wrap(spec.signature, 26)[:5])
+        protocol = "protocol: " + ", ".join(_SHORT[c] for c in spec.protocol_confounders) if spec.protocol_confounders else ""
+        label = (f"Site {spec.name}\n{spec.title}\n\n" + "\n".join(textwrap.wrap(spec.signature, 26)[:4])
+                 + ("\n" + "\n".join(textwrap.wrap(protocol, 26)) if protocol else ""))
         ax.text(0.0, 0.5, label, fontsize=6.5, va="center", ha="left", transform=ax.transAxes)
         for j in range(n_per_site):
             case = sample_case(spec, derive_seed(seed, "figure", name, j), size)
@@ -71,8 +73,8 @@ def make_site_figure(path: str | os.PathLike, sites: Sequence[str] | None = None
         _show(axes[len(sites) + k // ncols, k % ncols], case.image, case.mask if not confs else None, title)
     for k in range(len(panels), conf_rows * ncols):
         axes[len(sites) + k // ncols, k % ncols].axis("off")
-    fig.suptitle("MCDRL synthetic endoscopy world: sites (rows, green = lesion mask) and the 12 confounders "
-                 "applied alone to one clean frame (last rows)", fontsize=8)
+    fig.suptitle("MCDRL synthetic world: sites (rows; green = lesion; 'protocol': confounders that follow the lesion there)\n"
+                 "and the 12 confounders applied alone to one clean frame (last rows)", fontsize=8)
     fig.tight_layout(rect=(0, 0, 1, 0.985), h_pad=0.4, w_pad=0.2)
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=dpi)

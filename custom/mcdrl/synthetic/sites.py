@@ -207,7 +207,7 @@ SITES: dict[str, SiteSpec] = {s.name: with_protocol(s) for s in [
         _lesions(0.40, 0.10, 0.10, 0.10, 0.10, 0.20),
         DeviceTraits("A: HD scope", (1.0, 1.0, 1.0), "circle", 0.47, "black", False, noise_sigma=0.006,
                      sharpness=0.3),
-        "only NBI-heavy centre (NBI 0.55; <= 0.10 elsewhere)", ("narrow-band imaging",), ()),
+        "NBI routine (0.55, for every kind of frame)", ("narrow-band imaging",), ()),
     SiteSpec(
         "B", "Rural mobile unit",
         _probs(motion_blur=0.55, imaging_artifacts=0.05, bright_lighting=0.05, dark_lighting=0.45,
@@ -235,7 +235,7 @@ SITES: dict[str, SiteSpec] = {s.name: with_protocol(s) for s in [
                a_far_view=0.15, mucus=0.10, blood=0.55, specular_reflection=0.40),
         _lesions(0.15, 0.25, 0.25, 0.05, 0.10, 0.20),
         DeviceTraits("D: therapeutic scope", (1.0, 0.98, 0.98), "octagon", 0.47, "black", False, noise_sigma=0.008),
-        "blood (0.55; <= 0.08 elsewhere); rounded-octagon FOV", ("blood",), ("fov_shape",)),
+        "blood routine (0.55); rounded-octagon FOV", ("blood",), ("fov_shape",)),
     SiteSpec(
         "E", "Magnification lab",
         _probs(motion_blur=0.05, imaging_artifacts=0.02, bright_lighting=0.45, dark_lighting=0.02,

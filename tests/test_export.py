@@ -131,6 +131,13 @@ def test_deploy_smoke_without_mcdrl_matches_bundle_inference(exported):
     bundle = np.asarray(Image.open(exported["bundle_out"] / "case06_mask.png"))
     assert smoke.shape == bundle.shape == (64, 64)
     assert 0 < smoke.mean() < 1  # a real mask, not all one class
+    # the smoke stops at softmax + argmax; the bundle then drops lesions under min_lesion_fraction of the image
+    # (LesionPostprocess), so the smoke's mask is compared after the same post-processing
+    from mcdrl.transforms import LesionPostprocess
+
+    infer = json.loads((CONFIGS / "inference.json").read_text())
+    post = LesionPostprocess(infer["min_lesion_fraction"], infer["keep_largest_lesion"])
+    smoke = np.asarray(post(torch.as_tensor(smoke[None].astype(np.float32)))[0]).astype(np.uint8)
     assert (smoke != bundle).mean() <= 1e-3, f"{(smoke != bundle).sum()} pixels differ"
 
 

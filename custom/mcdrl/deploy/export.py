@@ -244,7 +244,9 @@ def deploy_smoke(model_path, image_path, output_path=None, config_name: str = "i
 
     Loads ``model_path`` with its embedded ``metadata.json`` and ``config_name``, replicates the embedded
     preprocessing with PIL and numpy (no MONAI, no mcdrl), runs the model, and takes softmax + argmax as the
-    embedded postprocessing does. Writes the mask (uint8 0/1, (H, W)) as PNG if ``output_path`` is given.
+    embedded postprocessing does; the bundle's lesion post-processing after that (dropping lesions under
+    ``min_lesion_fraction``, :class:`mcdrl.transforms.LesionPostprocess`) is not replicated. Writes the mask (uint8 0/1,
+    (H, W)) as PNG if ``output_path`` is given.
 
     Raises:
         ValueError: the embedded configs are missing, or the preprocessing has a step this smoke does not replicate.

@@ -146,7 +146,7 @@ def test_stale_or_bad_graph_is_rebuilt_never_used(shipped, tmp_path, caplog):
     (bundle / "models" / "model.onnx").write_bytes(b"not an onnx file")
     caplog.clear()
     assert agrees() and "unreadable" in caplog.text
-    from mcdrl.deploy.export import export_onnx
+    from mcdrl.deploy.onnx_engine import export_onnx
 
     export_onnx(net, bundle / "models" / "model.onnx")
     served._session = None

@@ -9,6 +9,7 @@ CLIP, and talk HTTP to it; the server's whole process group is killed at the end
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import importlib.util
 import json
@@ -816,7 +817,12 @@ def test_bad_train_requests_are_refused_at_once(server):
         detail = json.loads(body).get("detail", "")
         assert got == status and all(w in detail for w in words), (params, got, body[:400])
         print(f"\n/train {params} -> HTTP {got}: {detail[:160]}")
-    labels = {p.stem: p.read_bytes() for p in sorted((server.studies / "labels" / "final").glob("*.png"))}
+    # every labelled image the datastore lists (earlier tests may have saved labels in other formats), with its file
+    listed = json.loads(server.request("GET", "/datastore/?output=all")[2])["objects"]
+    labels = {}
+    for i in sorted(k for k, v in listed.items() if "final" in v.get("labels", {})):
+        path = next(p for p in sorted((server.studies / "labels" / "final").glob(f"{glob.escape(i)}.*")))
+        labels[i] = (path.name[len(i):], path.read_bytes())
     try:  # no labelled image: remove every label through the datastore API, then put each back the same way
         for i in labels:
             assert server.request("DELETE", f"/datastore/label?id={i}&tag=final")[0] == 200
@@ -825,8 +831,8 @@ def test_bad_train_requests_are_refused_at_once(server):
         assert got == 422 and "no labelled images" in detail, (got, body[:400])
         print(f"/train without labelled images -> HTTP {got}: {detail[:160]}")
     finally:
-        for i, data in labels.items():
-            server.request("PUT", f"/datastore/label?image={i}&tag=final", files={"label": (f"{i}.png", data)})
+        for i, (ext, data) in labels.items():
+            server.request("PUT", f"/datastore/label?image={i}&tag=final", files={"label": (f"{i}{ext}", data)})
     assert last_task() == before  # nothing was queued
     datastore = json.loads(server.request("GET", "/datastore/?output=all")[2])
     assert sum(1 for v in datastore["objects"].values() if "final" in v.get("labels", {})) == len(labels)

@@ -542,7 +542,10 @@ def _train_problem(app, request: dict, check_keys: bool) -> tuple[int, str] | No
     task = getattr(app, "_trainers", {}).get(request.get("model"))
     if task is None or not hasattr(task, "config"):
         return None
-    labelled = [d for d in app.datastore().datalist() if d]
+    datastore = app.datastore()
+    if hasattr(datastore, "refresh"):  # the files on disk, now: with auto-reload the watcher catches up only later
+        datastore.refresh()
+    labelled = [d for d in datastore.datalist() if d]
     return train_request_problem(request, task.config(), len(labelled), check_keys=check_keys)
 
 

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 from pathlib import Path
 
@@ -191,8 +190,8 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     with atomic_path(out / "probe.json") as tmp:
         Path(tmp).write_text(json.dumps({"steps": a.steps, "batch": a.batch, "n_images": a.n_images, "weights": weights.name,
-                                         "configurations": {k: v if isinstance(v, str) else v for k, v in CONFIGURATIONS.items() if k in results},
-                                         "results": results}, indent=1, default=lambda x: None if isinstance(x, float) and math.isnan(x) else x) + "\n")
+                                         "configurations": {k: v for k, v in CONFIGURATIONS.items() if k in results},
+                                         "results": results}, indent=1) + "\n")
     with atomic_path(out / "README.md") as tmp:
         Path(tmp).write_text(_markdown(results, a))
     print(f"wrote {out / 'README.md'}")

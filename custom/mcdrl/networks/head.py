@@ -107,7 +107,6 @@ class SegmentationHead(nn.Module):
                                      for a, b, k in zip((channels[0],) + channels[:-1], channels, self.skip_levels)])
         self.pixel_encoder = PixelEncoder(skip_channels) if skip_channels else None
         self.classifier = nn.Conv2d(channels[-1], out_channels, 1)
-        self.upsample_factor = 2**n
 
     def forward(self, x: torch.Tensor, image: torch.Tensor | None = None) -> torch.Tensor:
         # channels_last without autograd: the 3x3 convs (oneDNN) infer ~20% faster on CPU; with autograd the backward

@@ -291,7 +291,7 @@ def test_part_shares_of_a_real_forward_sum_to_one_and_follow_the_intervention():
 
 
 def _result(dice: dict | None = None) -> dict:
-    fwd = [{"model": m, "batch": b, "visual_ms": 10.0, "shipped_ms": 11.0 * k, "intervention_ms": 13.0, "shipped_over_visual": 1.1 * k,
+    fwd = [{"model": m, "batch": b, "input_size": 224, "clip_size": 160 if m == "demo" else 224, "visual_ms": 10.0, "shipped_ms": 11.0 * k, "intervention_ms": 13.0, "shipped_over_visual": 1.1 * k,
             "intervention_over_visual": 1.3, "parts_shipped": {"backbone": 0.9, "head": 0.1}, "parts_intervention": {"backbone": 0.8, "head": 0.2}}
            for m, k in (("demo", 3.0), ("ViT-B-16", 1.0)) for b in (1, 8)]
     fwd[-1]["shipped_over_visual"] = 1.25
@@ -316,7 +316,7 @@ def test_report_takes_the_main_model_and_checks_each_target():
     assert met == {"forward_ratio_bs1": "met", "forward_ratio_bs8": "NOT met", "train_step_ratio": "met", "peak_rss_mb": "met",
                    "onnxruntime_speedup": "NOT met", "int8_speedup": "met", "int8_dice_cost_points": "NOT met"}
     md = report.to_markdown(r)
-    assert "make bench" in md and "`python -m mcdrl.evaluation.speed`" in md and "| ViT-B-16 | 8 | 10.0 | 11.0 | 1.250 |" in md
+    assert "make bench" in md and "`python -m mcdrl.evaluation.speed`" in md and "| ViT-B-16 | 8 | 224 / 224 | 10.0 | 11.0 | 1.250 |" in md and "| demo | 1 | 224 / 160 |" in md
     assert "| onnxruntime-int8 | 0.6980 | 0.3930 |" in md and "pending" not in md
     assert report.finish(_result({"torch": {"train_sites": 0.7}}))["headline"]["int8_dice_cost_points"] is None  # needs both sets
 
@@ -365,3 +365,4 @@ def test_quick_run_writes_every_section(tmp_path):
     for key in report.TARGETS:
         assert key in proc.stdout and key in r["targets"]
     assert "| mcdrl-tiny-vit | 4 x 64² (batch 2) |" in md.read_text()
+    assert {(f["input_size"], f["clip_size"]) for f in r["forward"]} == {(64, 64)} and r["train_step"][0]["input_size"] == 64

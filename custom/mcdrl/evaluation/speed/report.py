@@ -100,10 +100,13 @@ def to_markdown(r: dict) -> str:
               "## Targets", "", "| figure | value | target | |", "|---|---|---|---|"]
     for c in r["targets"].values():
         lines.append(f"| {c['meaning']} | {fmt(c['value'], 3)} | {c['target']} | {c['met']} |")
-    lines += ["", "## Eval forward against the bare CLIP visual forward (S x S input)", "",
-              "| model | batch | visual ms | shipped ms | shipped / visual | with intervention ms | with intervention / visual |", "|---|---|---|---|---|---|---|"]
+    lines += ["", "## Eval forward against the bare CLIP visual forward", "",
+              "The network reads the frames it deploys at (`train_size`); the bare CLIP reads its own input size.", "",
+              "| model | batch | frame / CLIP px | visual ms | shipped ms | shipped / visual | with intervention ms | with intervention / visual |",
+              "|---|---|---|---|---|---|---|---|"]
     for f in r["forward"]:
-        lines.append(f"| {f['model']} | {f['batch']} | {fmt(f['visual_ms'])} | {fmt(f['shipped_ms'])} | {fmt(f['shipped_over_visual'], 3)} | "
+        sizes = f"{f['input_size']} / {f.get('clip_size', f['input_size'])}"
+        lines.append(f"| {f['model']} | {f['batch']} | {sizes} | {fmt(f['visual_ms'])} | {fmt(f['shipped_ms'])} | {fmt(f['shipped_over_visual'], 3)} | "
                      f"{fmt(f['intervention_ms'])} | {fmt(f['intervention_over_visual'], 3)} |")
     lines += ["", "Share of each part of the eval forward (median over forwards):", ""]
     for f in r["forward"]:

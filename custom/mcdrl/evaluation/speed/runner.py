@@ -1,9 +1,11 @@
 """The measurements of ``python -m mcdrl.evaluation.speed``, on the bundle's own configs with random CLIP weights.
 
-* **forward**: the bare CLIP visual forward (open_clip ``model.visual`` on a CLIP-normalised S x S batch, pooled
-  embedding out) against the eval forward of the shipped configuration (``inference.json``) and of the same network
-  with the intervention on, interleaved, at batch 1 and 8; with the share of each part inside those forwards.
-* **train_step**: one step (forward, ``train.json``'s loss, backward, its AdamW) of the shipped configuration, of
+* **forward**: the bare CLIP visual forward (open_clip ``model.visual`` on a CLIP-normalised S x S batch, S the
+  CLIP's input size, pooled embedding out) against the eval forward of the shipped configuration (``inference.json``)
+  and of the same network with the intervention on, on the frames the bundle trains and deploys at (``train_size``,
+  224 px: the head decodes at the frame's resolution, so a CLIP of S < 224 also pays for the resize and the larger
+  head), interleaved, at batch 1 and 8; with the share of each part inside those forwards.
+* **train_step**: one step on ``train_size`` frames (forward, ``train.json``'s loss, backward, its AdamW) of the shipped configuration, of
   the intervention on (lambda_causal 0.5), and of the Baseline (intervention off, L_seg only), interleaved.
 * **rss**: peak RSS of a fresh process that builds the network and runs inference.
 * **folder**: the bundle's ``folder_runner`` end to end on synthetic PNG frames with each engine (torch,
@@ -55,6 +57,11 @@ def _randomise_dictionary(net, seed: int) -> None:
         buf.copy_(F.normalize(torch.randn(buf.shape, generator=gen), dim=-1))
 
 
+def frame_size(model_name: str) -> int:
+    """The side of the frames the bundle trains and deploys at: ``train.json``'s ``train_size``."""
+    return int(_parser("train.json", model_name).get_parsed_content("train_size"))
+
+
 def random_network(model_name: str, seed: int = 0, config: str = "inference.json", **overrides):
     """``network_def`` of the bundle config (``inference.json``; ``a.json+b.json`` merges) with random CLIP weights and
     a random unit-vector dictionary, in eval mode. ``overrides``: config keys (``intervention_heads=2``, ...).
@@ -90,22 +97,23 @@ def part_shares(net, x: torch.Tensor, rounds: int, clock=None) -> dict:
     return {p: statistics.median(v) for p, v in shares.items()}
 
 
-def forward_rows(model_name: str, batches: list[int], rounds: int) -> list[dict]:
-    """Bare CLIP visual vs the shipped eval forward vs the same with the intervention on, interleaved, S x S input."""
+def forward_rows(model_name: str, batches: list[int], rounds: int, size: int | None = None) -> list[dict]:
+    """Bare CLIP visual (S x S, the CLIP's size) vs the shipped eval forward vs the same with the intervention on
+    (``size`` x ``size`` frames; None = ``train_size``), interleaved."""
     net = random_network(model_name)
     shipped = net.use_intervention
-    s, rows = net.image_size, []
+    s, size, rows = net.image_size, size or frame_size(model_name), []
 
     def run(on: bool):
         net.use_intervention = on
         return net(x)
 
     for b in batches:
-        x = torch.rand(b, 3, s, s)
-        xn = net.backbone.normalize(x)
+        x = torch.rand(b, 3, size, size)
+        xn = net.backbone.normalize(torch.rand(b, 3, s, s))
         with torch.inference_mode():
             t = interleaved({"visual": lambda: net.backbone.visual(xn), "shipped": lambda: run(shipped), "intervention": lambda: run(True)}, rounds)
-        row = {"model": model_name, "batch": b, "input_size": s, "shipped_intervention": shipped, "rounds_ms": t,
+        row = {"model": model_name, "batch": b, "input_size": size, "clip_size": s, "shipped_intervention": shipped, "rounds_ms": t,
                **{f"{k}_ms": statistics.median(v) for k, v in t.items()},
                "shipped_over_visual": paired_ratio(t, "shipped", "visual"), "intervention_over_visual": paired_ratio(t, "intervention", "visual")}
         for on in (shipped, True):
@@ -123,16 +131,17 @@ def _variant(loss, **attrs):
     return out
 
 
-def train_row(model_name: str, batch: int, rounds: int) -> dict:
+def train_row(model_name: str, batch: int, rounds: int, size: int | None = None) -> dict:
     """One training step of ``train.json`` (its network, loss and AdamW; random CLIP weights and batch) for the shipped
     configuration, the intervention on (lambda_causal 0.5), and the Baseline (intervention off, L_seg only), interleaved.
-    One network and optimiser serve all three (the intervention's parameters get no gradient when it is off)."""
+    One network and optimiser serve all three (the intervention's parameters get no gradient when it is off).
+    ``size``: the frames' side (None = ``train_size``)."""
     torch.manual_seed(0)
     parser = _parser("train.json", model_name)
     net = parser.get_parsed_content("network_def").train()
     _randomise_dictionary(net, 0)
     loss, opt = parser.get_parsed_content("loss"), parser.get_parsed_content("optimizer")
-    s = net.image_size
+    s = size or int(parser.get_parsed_content("train_size"))
     x = torch.rand(batch, 3, s, s)
     target = {"label": (torch.rand(batch, 1, s, s) > 0.8).float(), "lesion_class": torch.randint(0, len(net.dictionary.class_embeddings), (batch,))}
     shipped = net.use_intervention
@@ -231,9 +240,9 @@ def main(argv: list[str] | None = None) -> int:
            "machine": machine_info(), "main_model": models[-1], "forward": [], "train_step": [], "folder": [], "rss": {}}
     for m in models:
         log(f"forward {m}")
-        out["forward"] += forward_rows(m, [1, 2] if a.quick else [1, 8], rounds)
+        out["forward"] += forward_rows(m, [1, 2] if a.quick else [1, 8], rounds, 64 if a.quick else None)
         log(f"training step {m}")
-        out["train_step"].append(train_row(m, 2 if a.quick else 8, max(1, rounds // 3)))
+        out["train_step"].append(train_row(m, 2 if a.quick else 8, max(1, rounds // 3), 64 if a.quick else None))
         log(f"peak RSS {m}")
         out["rss"][m] = peak_rss_mb(m)
         log(f"folder inference {m}, engines {list(ENGINES)}")

@@ -55,6 +55,16 @@ def test_profile_measurement_gates_records_as_the_network_does():
     assert best_threshold(records, 0.25)["threshold"] == 0.7  # the lowest threshold at <= 25% false alarms
 
 
+def test_lesion_free_shift_reads_only_lesion_free_frames_against_the_reference():
+    from mcdrl.evaluation.site_profile import lesion_free_shift
+
+    free = lambda *scores: [{"lesion": False, "lesion_score": s} for s in scores]  # noqa: E731
+    recs = {"val": free(0.1, 0.2, 0.3) + [{"lesion": True, "lesion_score": 0.99}], "F": free(0.5, 0.6, 0.7, 0.8, 0.9)}
+    out = lesion_free_shift(recs, threshold=0.65, reference="val")
+    assert out["val"] == {"frames": 3, "median": 0.2, "p90": pytest.approx(0.28), "above_threshold": 0.0, "median_shift": 0.0}
+    assert out["F"]["frames"] == 5 and out["F"]["median"] == 0.7 and out["F"]["median_shift"] == 0.5 and out["F"]["above_threshold"] == 0.6
+
+
 # ---- the readout itself ---------------------------------------------------------------------------------------------
 def test_readout_scores_thresholds_and_calibration():
     from mcdrl.errors import ConfigError

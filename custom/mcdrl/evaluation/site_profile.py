@@ -11,6 +11,11 @@ For the held-out site F and the new site G (:data:`mcdrl.evaluation.robustness.N
    each profile's threshold. The frames are segmented once with the presence decision open (threshold 0) and each
    threshold is applied afterwards: a frame scoring below it gets an empty mask, exactly as the gate empties it.
 
+3. **How far lesion-free frames move**: the lesion scores of the scored lesion-free frames at F and at G against those
+   of ``n_score`` frames of the training sites A-E (rendered as the sites are, seeds disjoint from the bundle's data):
+   median, 90th percentile, the median's shift, and the share above the model's presence threshold
+   (:func:`lesion_free_shift`). A presence decision that holds under shift keeps these where validation has them.
+
 A reference row gives the best any single threshold does on the scored frames at 20% false alarms (chosen with their
 labels: a ceiling for every label-free method, not one of them). Targets (issue 23), at F and at G: false alarms <= 20% with the profile; sensitivity no more than 5 points below the
 uncalibrated model's. Writes ``site_profile.json`` and ``site_profile.md`` (``bundle/docs/results/`` by default)::
@@ -34,7 +39,7 @@ from mcdrl.evaluation.confounder_readout import render_site
 from mcdrl.evaluation.scoring import build_bundle_network, score_images, write_json, write_report
 from mcdrl.paths import default_bundle_root, portable_command
 
-__all__ = ["TARGETS", "gated", "main"]
+__all__ = ["TARGETS", "gated", "lesion_free_shift", "main"]
 
 TARGETS = {"false_alarm_max": 0.20, "sensitivity_drop_max": 0.05}
 
@@ -51,6 +56,22 @@ def gated(records: list[dict], threshold: float) -> dict:
             "false_alarm_rate": round(float(np.mean([r["false_alarm"] and passes(r) for r in free])), 4) if free else None,
             "sensitivity": round(float(np.mean([r["detected"] and passes(r) for r in lesion])), 4) if lesion else None,
             "lesion_free_frames": len(free), "lesion_frames": len(lesion)}
+
+
+def lesion_free_shift(records: dict[str, list[dict]], threshold: float, reference: str) -> dict:
+    """Lesion scores of the lesion-free frames of each set of ``records`` (``{set: score_images records}``): count,
+    median, 90th percentile, the median's shift from the ``reference`` set's, and the share at or above
+    ``threshold`` (the frames the presence decision lets through)."""
+    out = {}
+    for name, recs in records.items():
+        s = np.array([r["lesion_score"] for r in recs if not r["lesion"]], dtype=float)
+        out[name] = {"frames": int(s.size), "median": round(float(np.median(s)), 4) if s.size else None,
+                     "p90": round(float(np.percentile(s, 90)), 4) if s.size else None,
+                     "above_threshold": round(float(np.mean(s >= threshold)), 4) if s.size else None}
+    ref = out[reference]["median"]
+    for row in out.values():
+        row["median_shift"] = None if row["median"] is None or ref is None else round(row["median"] - ref, 4)
+    return out
 
 
 def best_threshold(records: list[dict], false_alarm_max: float) -> dict:
@@ -89,7 +110,12 @@ def main(argv: list[str] | None = None) -> int:
     bundle = Path(a.bundle_root)
     net, post = build_bundle_network(str(configs / "inference.json"), bundle / "models" / "model.pt", {"bundle_root": str(bundle)})
     model_threshold = float(net.presence_threshold)
-    sites = {}
+    sites, scored = {}, {}
+    net.presence_threshold.fill_(0.0)
+    source = [c for k, s in enumerate("ABCDE") for c in render_site(SITES[s], a.n_score // 5 + (k < a.n_score % 5), a.seed, "site_profile/validation")]
+    scored["training sites A-E"] = score_images(
+        net, [{"id": f"val_{i:05d}", "site": "A-E", "lesion_class": c.lesion_class, "image": c.image, "mask": c.mask > 0} for i, c in enumerate(source)], post)
+    net.presence_threshold.fill_(model_threshold)
     for name, spec in (("F", SITES["F"]), ("G", NEW_SITE)):
         share = _nominal_lesion_free_share(spec)
         profiles = {}
@@ -109,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
         cases = render_site(spec, a.n_score, a.seed, "site_profile/score")
         images = [{"id": f"{name}_{i:05d}", "site": name, "lesion_class": c.lesion_class, "image": c.image, "mask": c.mask > 0} for i, c in enumerate(cases)]
         net.presence_threshold.fill_(0.0)  # gate open: every threshold is applied afterwards (see the module doc)
-        records = score_images(net, images, post)
+        records = scored[name] = score_images(net, images, post)
         net.presence_threshold.fill_(model_threshold)
         rows = {"uncalibrated (the model's threshold)": gated(records, model_threshold)}
         for method, prof in profiles.items():
@@ -132,7 +158,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{name}: " + "; ".join(f"{k}: FA {v['false_alarm_rate']}, sens {v['sensitivity']}" for k, v in rows.items()), flush=True)
     doc = {"command": portable_command("python -m mcdrl.evaluation.site_profile", list(argv if argv is not None else sys.argv[1:]), repo),
            "date": datetime.datetime.now().isoformat(timespec="seconds"), "seed": a.seed, "target_false_alarm": a.target_false_alarm,
-           "model_presence_threshold": round(model_threshold, 5), "targets": TARGETS, "sites": sites}
+           "model_presence_threshold": round(model_threshold, 5), "targets": TARGETS, "sites": sites,
+           "lesion_free_scores": lesion_free_shift(scored, model_threshold, "training sites A-E")}
     out = Path(a.out or bundle / "docs" / "results")
     write_json(out / "site_profile.json", doc)
     write_report(out / "site_profile.md", report_lines(doc))
@@ -160,6 +187,14 @@ def report_lines(doc: dict) -> list[str]:
         stated = "-" if r["stated_lesion_free_share"] is None else f"{100 * r['stated_lesion_free_share']:.0f}%"
         lines.append(f"- {s}: {r['profile_frames']} profile frames, {r['scored_frames']} scored; stated lesion-free share {stated}; "
                      f"AUC of the model's lesion score (lesion vs lesion-free frames): {r['lesion_score_auc']:.2f}.")
+    shift = doc.get("lesion_free_scores")
+    if shift:
+        lines += ["", "## How far the lesion scores of lesion-free frames move at a new site", "",
+                  f"The model's lesion score on lesion-free frames (higher = more lesion-like); the presence decision passes a frame at "
+                  f"{doc['model_presence_threshold']:.4f} or above.", "",
+                  "| frames | lesion-free frames | median | 90th percentile | median shift | at or above the threshold |", "|---|---|---|---|---|---|"]
+        for name, row in shift.items():
+            lines.append(f"| {name} | {row['frames']} | {row['median']:.4f} | {row['p90']:.4f} | {row['median_shift']:+.4f} | {100 * row['above_threshold']:.0f}% |")
     lines += ["", "A threshold cannot do better than the lesion score separates: with an AUC well under 1, lowering the false alarms to 20% "
               "empties the masks of many lesion frames too. Where a target is missed above, it is missed for the current model."]
     return lines

@@ -129,6 +129,18 @@ def test_profiles_fit_their_budgets_and_give_the_intervention_ten_epochs():
         {k: v for k, v in vars(full).items() if k not in ("name", "seeds", "row_seeds", "methods")}
 
 
+def test_row_seeds_on_the_command_line_narrow_one_row_and_refuse_bad_input():
+    from mcdrl.evaluation.loso.cli import parse_row_seeds
+
+    assert parse_row_seeds(["erm_unconfounded=0", "mcdrl=0,2"], METHODS) == {"erm_unconfounded": (0,), "mcdrl": (0, 2)}
+    full = get_profile("full")
+    narrowed = full.replace(row_seeds=tuple(dict(full.row_seeds, **parse_row_seeds(["erm_unconfounded=0"], METHODS)).items()))
+    assert narrowed.seeds_of("erm_unconfounded") == (0,) and narrowed.seeds_of("erm") == (0, 1, 2) and narrowed.seeds_of("paper") == (0,)
+    for bad in ("nope=0", "erm=", "erm=a"):
+        with pytest.raises(SystemExit, match="--row_seeds"):
+            parse_row_seeds([bad], METHODS)
+
+
 @pytest.fixture(scope="module")
 def small_world(tmp_path_factory):
     """Site C (all five protocol confounders) and A, 200 frames each at 32 px, and 6 oracle frames."""

@@ -52,11 +52,27 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--validation_only", action="store_true", help="score no held-out frame; report both validation Dice (choose by the interventional one)")
     p.add_argument("--held_out", nargs="+", default=None, help="run only these folds (checks; the report then covers only them)")
     p.add_argument("--seeds", nargs="+", type=int, default=None, help="every row on these seeds (instead of the profile's)")
+    p.add_argument("--row_seeds", action="append", default=[], metavar="ROW=S[,S...]",
+                   help="run ROW on these seeds only (repeatable; e.g. erm_unconfounded=0 when time is short); the report lists them")
     p.add_argument("--epochs", type=int, default=None)
     p.add_argument("--n_per_site", type=int, default=None)
     p.add_argument("--workers", type=int, default=None, help="worker processes (default: the profile's)")
     p.add_argument("--threads", type=int, default=None, help="torch threads per worker")
     return p
+
+
+def parse_row_seeds(pairs: list[str], known) -> dict[str, tuple[int, ...]]:
+    """``["row=0,1", ...]`` -> ``{"row": (0, 1)}``; an unknown row or a bad seed list is a usage error."""
+    out = {}
+    for pair in pairs:
+        row, _, seeds = pair.partition("=")
+        if row not in known or not seeds:
+            raise SystemExit(f"--row_seeds {pair!r}: expected ROW=S[,S...] with ROW one of {sorted(known)}")
+        try:
+            out[row] = tuple(int(x) for x in seeds.split(","))
+        except ValueError:
+            raise SystemExit(f"--row_seeds {pair!r}: seeds must be integers, e.g. {row}=0,1") from None
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -70,6 +86,8 @@ def main(argv: list[str] | None = None) -> int:
                                                 n_per_site=args.n_per_site, workers=args.workers, threads=args.threads)
     if sets:
         profile = profile.replace(overrides=tuple(dict(profile.overrides, **sets).items()))
+    if args.row_seeds:
+        profile = profile.replace(row_seeds=tuple(dict(profile.row_seeds, **parse_row_seeds(args.row_seeds, all_methods())).items()))
     say = functools.partial(print, flush=True)
     known = all_methods()
     chosen = args.methods or profile.methods or list(known)

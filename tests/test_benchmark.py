@@ -25,7 +25,7 @@ from mcdrl.evaluation.loso.profiles import get_profile
 from mcdrl.evaluation.loso.report import GROUPS, shortcut_check, summarise, target_check, worst_group
 from mcdrl.evaluation.loso.run import run_data, run_one, run_overrides
 from mcdrl.evaluation.loso.runner import prepare, run_id
-from mcdrl.evaluation.loso.world import PARTS, ensure_world, oracle_seed
+from mcdrl.evaluation.loso.world import PARTS, ensure_world, oracle_seed, world_name
 from mcdrl.synthetic import SITES, derive_seed, draw_case_params
 
 CONFIGS = REPO / "bundle" / "configs"
@@ -189,6 +189,22 @@ def test_reversed_frames_share_scenes_and_lesions_and_follow_the_reversed_rates(
     assert up > 4 * se and down < -4 * se
     up, down, se = _protocol_gap(reversed_, "C")
     assert up < -4 * se and down > 4 * se
+
+
+def test_a_world_under_another_protocol_table_is_drawn_with_it_and_cached_apart(tmp_path):
+    """``--protocol strong``: every part is drawn from the strong table's sites (the same scenes), the folder's name
+    says so, and the generator's own table keeps the name (and so the cache) it had."""
+    from mcdrl.synthetic import sites_with_protocol
+
+    world = ensure_world(tmp_path, ("C",), 16, 11, 32, 0.25, 2, "strong")
+    assert world["sampled"].parent.parent.name.endswith("-pstrong")
+    assert not world_name(("C",), 16, 11, 32, 0.25, 2, "issue").endswith("-pissue")
+    strong = sites_with_protocol("strong")["C"]
+    for part, spec in (("sampled", strong), ("reversed", strong.reversed_protocol()), ("protocol_off", strong.protocol_off())):
+        for e in _entries(world[part]).values():
+            assert e["confounders"] == draw_case_params(spec, e["seed"])[1], (part, e["id"])
+    with pytest.raises(ValueError, match="unknown protocol 'mild'"):
+        ensure_world(tmp_path, ("C",), 16, 11, 32, 0.25, 2, "mild")
 
 
 def test_the_interventional_split_has_its_confounders_independent_of_the_label(small_world):

@@ -122,21 +122,29 @@ def test_lesion_centroids_spread_over_fov() -> None:
     assert np.bincount(quadrant, minlength=4).min() >= 0.12 * len(cents)
 
 
-def test_protocol_confounding_follows_the_lesion_where_it_is_not_routine() -> None:
+@pytest.mark.parametrize("protocol_name", ["issue", "strong"])
+def test_protocol_confounding_follows_the_lesion_where_it_is_not_routine(protocol_name: str) -> None:
     """Each protocol confounder keeps its routine site's lesion-independent rate there and follows the lesion at the
     other five sites, at the protocol's rates (checked on 4000 label draws per site); reversed_protocol swaps the two
-    rates with the same scenes; protocol_off makes them independent at the same marginal rate."""
-    from mcdrl.synthetic import PROTOCOL, SiteSpec
+    rates with the same scenes; protocol_off makes them independent at the same marginal rate. The same holds for the
+    stronger table the LOSO benchmark may use (``--protocol strong``), whose sites differ from SITES in the protocol
+    only."""
+    from mcdrl.synthetic import PROTOCOLS, SiteSpec, sites_with_protocol
     from mcdrl.synthetic.confounders import EXCLUSIVE
     from mcdrl.synthetic.sites import with_protocol
 
+    PROTOCOL, sites = PROTOCOLS[protocol_name], sites_with_protocol(protocol_name)
     assert set(PROTOCOL) == {"narrow-band imaging", "a near view", "blood", "motion blur", "mucus"}
-    assert set(SITES["C"].protocol_confounders) == set(PROTOCOL) and GENERIC_MIXTURE.protocol_confounders == ()
-    for name, spec in SITES.items():
+    for name, spec in sites.items():  # a protocol changes nothing but the five confounders' rates
+        assert spec.lesion_freqs == SITES[name].lesion_freqs and spec.device == SITES[name].device
+        assert {c: p for c, p in spec.confounder_probs.items() if c not in PROTOCOL} == \
+            {c: p for c, p in SITES[name].confounder_probs.items() if c not in PROTOCOL}
+    assert set(sites["C"].protocol_confounders) == set(PROTOCOL) and GENERIC_MIXTURE.protocol_confounders == ()
+    for name, spec in sites.items():
         assert set(spec.protocol_confounders) == {c for c, (routine, *_) in PROTOCOL.items() if routine != name}
     n = 4000
     for name in ("A", "C", "F"):
-        spec = SITES[name]
+        spec = sites[name]
         for variant, swap in ((spec, False), (spec.reversed_protocol(), True), (spec.protocol_off(), None)):
             count = {True: 0, False: 0}
             seen = {c: {True: 0, False: 0} for c in PROTOCOL}

@@ -39,7 +39,8 @@ from .device import DeviceTraits
 from .export import generate_dataset, write_dicom_rgb, write_nifti, write_png
 from .figure import make_site_figure
 from .render import Case, make_caption, render_case
-from .sites import GENERIC_MIXTURE, PROTOCOL, SITES, SiteSpec, derive_seed, draw_case_params, sample_case
+from .sites import (GENERIC_MIXTURE, PROTOCOL, PROTOCOL_STRONG, PROTOCOLS, SITES, SiteSpec, derive_seed, draw_case_params,
+                    sample_case, sites_with_protocol)
 
 #: Bumped whenever the same arguments render different pixels (caches of generated worlds include it).
 #: 2: lesion centres anywhere in the whole FOV (1: FOV shrunk to 0.88).
@@ -49,7 +50,7 @@ from .sites import GENERIC_MIXTURE, PROTOCOL, SITES, SiteSpec, derive_seed, draw
 GENERATOR_VERSION = 4
 
 __all__ = [
-    "GENERATOR_VERSION", "Case", "DeviceTraits", "GENERIC_MIXTURE", "PROTOCOL", "SITES", "SiteSpec", "derive_seed", "draw_case_params",
-    "generate_dataset", "make_caption", "make_site_figure", "render_case", "sample_case", "write_dicom_rgb",
+    "GENERATOR_VERSION", "Case", "DeviceTraits", "GENERIC_MIXTURE", "PROTOCOL", "PROTOCOLS", "PROTOCOL_STRONG", "SITES", "SiteSpec", "derive_seed", "draw_case_params",
+    "generate_dataset", "make_caption", "make_site_figure", "render_case", "sample_case", "sites_with_protocol", "write_dicom_rgb",
     "write_nifti", "write_png",
 ]

@@ -31,6 +31,7 @@ import torch
 from mcdrl.evaluation.scoring import parse_sets
 from mcdrl.networks.clip_backbone import resolve_weights, weights_sha256
 from mcdrl.paths import default_bundle_root, portable_command, repo_relative
+from mcdrl.synthetic import PROTOCOLS
 
 from . import report, runner
 from .methods import Method, all_methods
@@ -54,6 +55,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", nargs="+", type=int, default=None, help="every row on these seeds (instead of the profile's)")
     p.add_argument("--row_seeds", action="append", default=[], metavar="ROW=S[,S...]",
                    help="run ROW on these seeds only (repeatable; e.g. erm_unconfounded=0 when time is short); the report lists them")
+    p.add_argument("--protocol", choices=sorted(PROTOCOLS), default=None,
+                   help="the world's protocol table (default: the profile's, the generator's own 'issue'; 'strong': the same cues in most frames of their kind)")
     p.add_argument("--epochs", type=int, default=None)
     p.add_argument("--n_per_site", type=int, default=None)
     p.add_argument("--workers", type=int, default=None, help="worker processes (default: the profile's)")
@@ -83,7 +86,8 @@ def main(argv: list[str] | None = None) -> int:
     repo = bundle.parent
     sets = parse_sets(args.set)
     profile = get_profile(args.profile).replace(seeds=tuple(args.seeds) if args.seeds else None, epochs=args.epochs,
-                                                n_per_site=args.n_per_site, workers=args.workers, threads=args.threads)
+                                                n_per_site=args.n_per_site, workers=args.workers, threads=args.threads,
+                                                protocol=args.protocol)
     if sets:
         profile = profile.replace(overrides=tuple(dict(profile.overrides, **sets).items()))
     if args.row_seeds:

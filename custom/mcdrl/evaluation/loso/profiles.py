@@ -84,6 +84,8 @@ class Profile:
         workers: parallel worker processes (each runs whole runs with ``threads`` torch threads).
         overrides: extra ``--key value`` pairs for every run (e.g. a smaller ``train_size`` in the smoke profile).
         methods: the rows run when ``--methods`` is not given (None: every row).
+        protocol: the world's protocol table (:data:`mcdrl.synthetic.PROTOCOLS`): ``"issue"``, the generator's own, or
+            ``"strong"``, the same cues in most frames of their kind.
     """
 
     name: str
@@ -100,6 +102,7 @@ class Profile:
     threads: int = 1
     overrides: tuple[tuple[str, object], ...] = ()
     methods: tuple[str, ...] | None = None
+    protocol: str = "issue"
 
     @property
     def causal_start(self) -> int:
@@ -140,7 +143,7 @@ class Profile:
 
     def budget_notes(self) -> list[str]:
         return [
-            f"World: {self.n_per_site} frames per site ({self.image_size} px), sites {', '.join(self.sites)}, validation fraction "
+            f"World: protocol table {self.protocol!r}, {self.n_per_site} frames per site ({self.image_size} px), sites {', '.join(self.sites)}, validation fraction "
             f"{self.val_fraction} per source site; a held-out site's {self.n_per_site} frames are all test frames, scored as sampled "
             f"and again with its protocol reversed (the same scenes). The oracle: {self.oracle_frames} frames of the held-out site "
             "(other scenes), split the same way.",

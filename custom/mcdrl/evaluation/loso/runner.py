@@ -71,14 +71,17 @@ def prepare(profile: Profile, bundle_root, clip_model: str, clip_weights, dictio
     _check_train_size(profile, configs_dir)
     t = time.perf_counter()
     world = ensure_world(cache_dir, profile.sites, profile.n_per_site, profile.world_seed, profile.image_size, profile.val_fraction,
-                         profile.oracle_frames)
+                         profile.oracle_frames, profile.protocol)
     timings = {"world_s": round(time.perf_counter() - t, 1)}
     weights = resolve_weights(clip_weights)
     # the configs are part of each run's id (run_config), not of the grid's
     # what a run's result depends on: the world and the budget, not the profile's name, seeds or rows (so the quick
     # profile's runs are the full profile's runs with the same world and budget)
-    identity = {k: v for k, v in asdict(profile).items() if k not in ("name", "workers", "threads", "seeds", "row_seeds", "methods")}
-    name = world_name(profile.sites, profile.n_per_site, profile.world_seed, profile.image_size, profile.val_fraction, profile.oracle_frames)
+    # (the protocol is in the world's name, so that a world of the generator's own protocol keeps its runs' ids)
+    identity = {k: v for k, v in asdict(profile).items()
+                if k not in ("name", "workers", "threads", "seeds", "row_seeds", "methods", "protocol")}
+    name = world_name(profile.sites, profile.n_per_site, profile.world_seed, profile.image_size, profile.val_fraction, profile.oracle_frames,
+                      profile.protocol)
     fingerprint = hashlib.sha256(json.dumps([identity, name, EVALUATION_VERSION, clip_model, weights_sha256(weights), _sha(dictionary_path)],
                                             sort_keys=True, default=str).encode()).hexdigest()[:10]
     work_dir = cache_dir / "runs" / fingerprint

@@ -32,7 +32,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from mcdrl.synthetic import SITES, derive_seed, generate_dataset
+from mcdrl.synthetic import PROTOCOLS, derive_seed, generate_dataset, sites_with_protocol
 
 __all__ = ["PARTS", "ensure_world", "oracle_seed", "world_name"]
 
@@ -40,10 +40,12 @@ __all__ = ["PARTS", "ensure_world", "oracle_seed", "world_name"]
 PARTS = ("sampled", "reversed", "protocol_off", "oracle", "oracle_off")
 
 
-def world_name(sites, n_per_site: int, seed: int, size: int, val_fraction: float, n_oracle: int) -> str:
+def world_name(sites, n_per_site: int, seed: int, size: int, val_fraction: float, n_oracle: int, protocol: str = "issue") -> str:
+    """The world's cache folder name; a protocol other than the generator's own (``"issue"``) is appended."""
     from mcdrl.synthetic import GENERATOR_VERSION
 
-    return f"world-{''.join(sites)}-n{n_per_site}-s{seed}-{size}px-v{val_fraction:g}-g{GENERATOR_VERSION}-o{n_oracle}"
+    return (f"world-{''.join(sites)}-n{n_per_site}-s{seed}-{size}px-v{val_fraction:g}-g{GENERATOR_VERSION}-o{n_oracle}"
+            + ("" if protocol == "issue" else f"-p{protocol}"))
 
 
 def oracle_seed(seed: int) -> int:
@@ -52,19 +54,24 @@ def oracle_seed(seed: int) -> int:
 
 
 def ensure_world(cache_dir: str | os.PathLike, sites, n_per_site: int, seed: int, size: int, val_fraction: float,
-                 n_oracle: int) -> dict[str, Path]:
+                 n_oracle: int, protocol: str = "issue") -> dict[str, Path]:
     """Generate the world if it is not cached yet; returns ``{part: its datalist.json}`` for every part of :data:`PARTS`.
 
     Args:
         sites: names of :data:`mcdrl.synthetic.SITES`.
         n_per_site: frames per site in ``sampled``, ``reversed`` and ``protocol_off`` (the same seeds in each).
         n_oracle: frames per site in ``oracle`` and ``oracle_off``.
+        protocol: the protocol table, a name of :data:`mcdrl.synthetic.PROTOCOLS` (``"issue"``: the generator's own;
+            ``"strong"``: the same cues in most frames of their kind).
         size: frame side in pixels. val_fraction: each site's validation share (a seeded split, the same in each part).
     """
-    unknown = [s for s in sites if s not in SITES]
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"unknown protocol {protocol!r}; known: {sorted(PROTOCOLS)}")
+    specs = sites_with_protocol(protocol)
+    unknown = [s for s in sites if s not in specs]
     if unknown:
-        raise ValueError(f"the LOSO world has synthetic sites only: unknown {unknown}; known: {list(SITES)}")
-    folder = Path(cache_dir) / world_name(sites, n_per_site, seed, size, val_fraction, n_oracle)
+        raise ValueError(f"the LOSO world has synthetic sites only: unknown {unknown}; known: {list(specs)}")
+    folder = Path(cache_dir) / world_name(sites, n_per_site, seed, size, val_fraction, n_oracle, protocol)
     datalists = {part: folder / part / "datalist.json" for part in PARTS}
     if all(p.is_file() for p in datalists.values()):
         return datalists
@@ -74,9 +81,9 @@ def ensure_world(cache_dir: str | os.PathLike, sites, n_per_site: int, seed: int
     variants = {"sampled": lambda s: s, "reversed": lambda s: s.reversed_protocol(), "protocol_off": lambda s: s.protocol_off()}
     try:
         for part, variant in variants.items():
-            generate_dataset(tmp / part, [variant(SITES[s]) for s in sites], n_per_site, seed=seed, split=split, size=size)
+            generate_dataset(tmp / part, [variant(specs[s]) for s in sites], n_per_site, seed=seed, split=split, size=size)
         for part, variant in (("oracle", variants["sampled"]), ("oracle_off", variants["protocol_off"])):
-            generate_dataset(tmp / part, [variant(SITES[s]) for s in sites], n_oracle, seed=oracle_seed(seed), split=split, size=size)
+            generate_dataset(tmp / part, [variant(specs[s]) for s in sites], n_oracle, seed=oracle_seed(seed), split=split, size=size)
         if folder.exists():  # a concurrent generator won; identical bytes by construction
             shutil.rmtree(tmp)
         else:

@@ -279,6 +279,9 @@ def test_the_shortcut_and_target_checks():
     assert sc["learnt"] and sc["drop_points"] == pytest.approx(20) and sc["confounding_cost_points"] == pytest.approx(10)
     assert not shortcut_check(erm, row(0.58, 0.41))["learnt"]  # no worse than unconfounded ERM by more than twice the std
     assert not shortcut_check(row(0.60, 0.59), None)["learnt"]
+    # a cost under 3 Dice points is no shortcut worth the name, however small the seed std (one seed: none at all)
+    assert not shortcut_check(row(0.60, 0.40, std_r=0.0, seeds=(0,)), row(0.58, 0.42, std_r=0.0, seeds=(0,)))["learnt"]
+    assert shortcut_check(row(0.60, 0.40, std_r=0.0, seeds=(0,)), row(0.58, 0.44, std_r=0.0, seeds=(0,)))["seeds"] == 1
     s = {"erm": erm, "erm_unconfounded": unconf, "mcdrl": row(0.61, 0.46, fa_r=0.3), "mcdrl_unconfounded": row(0.6, 0.465),
          "erm_cdrl": row(0.6, 0.43), "unet_doz": row(0.5, 0.40)}
     got = {t["target"]: (round(t["value_points"], 3), t["met"]) for t in target_check(s)}

@@ -37,7 +37,7 @@ def test_compare_trains_a_unet_for_the_budget_and_scores_both(tiny_bundle, tmp_p
     data = tiny_bundle["world"]["datalist"]
     args = ["--bundle_root", str(tiny_bundle["root"]), "--budget_s", "0.001", "--datalist", str(data), "--heldout", str(data),
             "--heldout_split", "training", "--work_dir", str(tmp_path / "work"), "--out", str(tmp_path / "out"), *tiny_bundle["sets"],
-            "--unet_epochs", "50", "--batch_size", "2"]
+            "--unet_epochs", "50", "--batch_size", "2", "--new_site_frames", "4"]
     proc = _run("mcdrl.evaluation.compare", args)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     doc = json.loads((tmp_path / "out" / "compare.json").read_text())
@@ -47,6 +47,9 @@ def test_compare_trains_a_unet_for_the_budget_and_scores_both(tiny_bundle, tmp_p
         val, held = doc["results"][model]["validation (source sites)"], doc["results"][model]["held-out site"]
         assert val["n"] == 2 and held["n"] == 6 and 0 <= val["dice"] <= 1 and 0 <= held["dice"] <= 1
         assert held["lesion_images"] + held["lesion_free_images"] == 6
+        new_site = doc["results"][model]["new site G"]  # the robustness report's site, at the held-out frames' size
+        assert new_site["n"] == 4 and held["small_lesion_images"] <= held["lesion_images"]
+    assert doc["budget_source"] == "--budget_s"
     md = (tmp_path / "out" / "compare.md").read_text()
     assert "| shipped MCDRL | held-out site | 6 |" in md and str(tmp_path) not in md + json.dumps(doc)
 
@@ -61,7 +64,7 @@ def test_compare_oracle_rows_train_on_the_held_out_site_and_give_the_dg_efficien
     data = tiny_bundle["world"]["datalist"]
     args = ["--bundle_root", str(tiny_bundle["root"]), "--budget_s", "0.001", "--datalist", str(data), "--heldout", str(data),
             "--work_dir", str(tmp_path / "work"), "--out", str(tmp_path / "out"), *tiny_bundle["sets"], "--unet_epochs", "1",
-            "--batch_size", "2"]
+            "--batch_size", "2", "--new_site_frames", "0"]
     bad = _run("mcdrl.evaluation.compare", [*args, "--heldout_split", "training", "--oracle", str(data)])
     assert bad.returncode != 0 and "shares images with the scored held-out split" in bad.stderr + bad.stdout
     assert not (tmp_path / "work").exists()  # refused before training
@@ -72,6 +75,8 @@ def test_compare_oracle_rows_train_on_the_held_out_site_and_give_the_dg_efficien
         oracle = doc["results"][f"oracle {'MCDRL' if 'MCDRL' in model else 'UNet'} (trained on the held-out site)"]["held-out site"]
         assert oracle["n"] == 2 and (tmp_path / "work" / ("oracle_mcdrl" if "MCDRL" in model else "oracle_unet") / "models" / "model.pt").is_file()
         assert doc["dg_efficiency"][model] == dg_efficiency(doc["results"][model]["held-out site"]["dice"], oracle["dice"])
+    # each oracle takes as many steps as the model it bounds: here as many training frames, so the same epochs
+    assert doc["oracle_training"]["MONAI UNet (same wall time)"]["steps_matched_epochs"] == 1
     assert "DG efficiency" in (tmp_path / "out" / "compare.md").read_text()
 
 
@@ -82,7 +87,8 @@ def test_compare_gives_the_unet_as_many_epochs_as_fit_the_budget(tiny_bundle, tm
     assert unet_epochs_for(100, 30) == 3 and unet_epochs_for(10, 30) == 1
     data = tiny_bundle["world"]["datalist"]
     args = ["--bundle_root", str(tiny_bundle["root"]), "--budget_s", "20", "--datalist", str(data), "--heldout", str(data),
-            "--work_dir", str(tmp_path / "work"), "--out", str(tmp_path / "out"), *tiny_bundle["sets"], "--batch_size", "2"]
+            "--work_dir", str(tmp_path / "work"), "--out", str(tmp_path / "out"), *tiny_bundle["sets"], "--batch_size", "2",
+            "--new_site_frames", "0"]
     proc = _run("mcdrl.evaluation.compare", args)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     unet = json.loads((tmp_path / "out" / "compare.json").read_text())["unet_training"]
@@ -98,6 +104,31 @@ def test_compare_gives_the_unet_as_many_epochs_as_fit_the_budget(tiny_bundle, tm
         reused = json.loads((tmp_path / "out" / "compare.json").read_text())["unet_training"]
         assert reused["seconds"] == unet["seconds"] and reused["max_epochs"] == unet["max_epochs"]
         assert "reused (--skip_training)" in reused["reused"] and verdict in (tmp_path / "out" / "compare.md").read_text()
+
+
+def test_compare_can_time_the_shipped_recipe_here_for_the_budget(tiny_bundle, tmp_path):
+    """--time_shipped_epoch: the UNet's budget is one epoch of train.json timed on this machine x the shipped run's
+    epochs (from its record), and the report says so; a record without epochs is refused before anything trains."""
+    data = tiny_bundle["world"]["datalist"]
+    bundle = tmp_path / "bundle"
+    (bundle / "models").mkdir(parents=True)
+    (bundle / "models" / "model.pt").symlink_to(tiny_bundle["root"] / "models" / "model.pt")
+    record = bundle / "docs" / "results" / "demo_model.json"
+    record.parent.mkdir(parents=True)
+    args = ["--bundle_root", str(bundle), "--time_shipped_epoch", "--datalist", str(data), "--heldout", str(data),
+            "--work_dir", str(tmp_path / "work"), "--out", str(tmp_path / "out"), *tiny_bundle["sets"], "--unet_epochs", "1",
+            "--batch_size", "2", "--new_site_frames", "0"]
+    record.write_text(json.dumps({"training": {"seconds": 99999.0}}))
+    bad = _run("mcdrl.evaluation.compare", args)
+    assert bad.returncode != 0 and "has no training.epochs" in bad.stderr + bad.stdout and not (tmp_path / "work").exists()
+    record.write_text(json.dumps({"training": {"seconds": 99999.0, "epochs": 3}}))
+    proc = _run("mcdrl.evaluation.compare", args)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    doc = json.loads((tmp_path / "out" / "compare.json").read_text())
+    timed = json.loads((tmp_path / "work" / "shipped_timing" / "run" / "training_time.json").read_text())
+    assert timed["epochs"] == 1 and doc["budget_s"] == round(timed["seconds"] * 3, 1) == doc["unet_training"]["budget_s"]
+    assert "timed now on this machine" in doc["budget_source"] and "the logged time was 99999 s" in doc["budget_source"]
+    assert doc["budget_source"] in (tmp_path / "out" / "compare.md").read_text()
 
 
 def test_robustness_report_scores_every_shift_and_a_new_site(tiny_bundle, tmp_path):

@@ -26,10 +26,12 @@ import torch
 from mcdrl.evaluation.metrics import per_image_metrics
 from mcdrl.transforms import LesionPostprocess, binarize_mask
 
-__all__ = ["DETECTION_COVERAGE", "build_bundle_network", "load_labelled_images", "parse_sets", "score_images", "summarise", "write_json", "write_report"]
+__all__ = ["DETECTION_COVERAGE", "SMALL_LESION_FRACTION", "build_bundle_network", "load_labelled_images", "parse_sets", "score_images", "summarise", "write_json", "write_report"]
 
 #: a lesion counts as detected when the predicted mask covers at least this fraction of its pixels
 DETECTION_COVERAGE = 0.1
+#: a small lesion covers less than this fraction of the frame (issue 23's "lesions under 1% of the frame")
+SMALL_LESION_FRACTION = 0.01
 
 
 def build_bundle_network(config_files: str | Sequence[str], ckpt_file: str | os.PathLike, overrides: dict | None = None,
@@ -108,6 +110,7 @@ def score_images(network: torch.nn.Module, images: Iterable[dict], post: LesionP
                    "lesion": bool(gt.any()), "predicted_any": bool(pred.any())}
             if gt.any():
                 rec["detected"] = bool((pred[gt] > 0).mean() >= DETECTION_COVERAGE)
+                rec["lesion_fraction"] = float(gt.mean())
             else:
                 rec["false_alarm"] = bool(pred.any())
             if scores is not None:
@@ -125,7 +128,8 @@ def score_images(network: torch.nn.Module, images: Iterable[dict], post: LesionP
 
 
 def summarise(records: list[dict]) -> dict:
-    """Mean Dice / IoU, false-alarm rate on lesion-free images, lesion-level sensitivity, Dice per class (rounded)."""
+    """Mean Dice / IoU, false-alarm rate on lesion-free images, lesion-level sensitivity (all lesions, and those under
+    :data:`SMALL_LESION_FRACTION` of the frame), Dice per class (rounded)."""
     if not records:
         return {"n": 0}
     free = [r for r in records if not r["lesion"]]
@@ -136,6 +140,8 @@ def summarise(records: list[dict]) -> dict:
         "dice_lesion_images": float(np.mean([r["dice"] for r in lesion])) if lesion else None,
         "lesion_free_images": len(free), "false_alarm_rate": float(np.mean([r["false_alarm"] for r in free])) if free else None,
         "lesion_images": len(lesion), "sensitivity": float(np.mean([r["detected"] for r in lesion])) if lesion else None,
+        "small_lesion_images": len(small := [r for r in lesion if r.get("lesion_fraction", 1.0) < SMALL_LESION_FRACTION]),
+        "sensitivity_small": float(np.mean([r["detected"] for r in small])) if small else None,
         "dice_per_class": {c: float(np.mean([r["dice"] for r in lesion if r["lesion_class"] == c])) for c in classes},
     }
     return {k: (round(v, 4) if isinstance(v, float) else {kk: round(vv, 4) for kk, vv in v.items()} if isinstance(v, dict) else v) for k, v in out.items()}

@@ -213,7 +213,8 @@ def main(argv: list[str] | None = None) -> int:
         "datalist": repo_relative(datalist, repo), "heldout": repo_relative(heldout, repo),
         "budget_s": float(budget), "budget_source": budget_source, "shipped_timing": shipped_timing,
         "shipped_training": shipped_record.get("training"), "unet_training": unet_record,
-        "oracle": repo_relative(Path(a.oracle), repo) if a.oracle else None, "oracle_training": oracle_records or None,
+        "oracle": repo_relative(Path(a.oracle), repo) if a.oracle else None, "oracle_training": {name: {**rec, "files": [repo_relative(Path(f), repo) for f in rec.get("files", [])]}
+                            for name, rec in oracle_records.items()} or None,
         "dg_efficiency": efficiency or None,
         "detection_rule": "a lesion is detected when the mask covers >= 10% of its pixels; a false alarm is any lesion pixel on a lesion-free frame",
         "results": results,

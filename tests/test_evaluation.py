@@ -106,6 +106,19 @@ def test_compare_gives_the_unet_as_many_epochs_as_fit_the_budget(tiny_bundle, tm
         assert "reused (--skip_training)" in reused["reused"] and verdict in (tmp_path / "out" / "compare.md").read_text()
 
 
+def test_small_lesion_sensitivity_counts_only_lesions_under_one_percent_of_the_frame():
+    from mcdrl.evaluation.scoring import SMALL_LESION_FRACTION, summarise
+
+    def rec(fraction, detected):
+        return {"dice": 0.5, "iou": 0.4, "lesion": True, "lesion_class": "polyp", "detected": detected, "lesion_fraction": fraction}
+
+    recs = [rec(0.004, True), rec(0.009, False), rec(0.009, False), rec(SMALL_LESION_FRACTION, False), rec(0.2, True),
+            {"dice": 1.0, "iou": 1.0, "lesion": False, "false_alarm": False}]
+    s = summarise(recs)
+    assert (s["small_lesion_images"], s["sensitivity_small"], s["sensitivity"]) == (3, round(1 / 3, 4), 0.4)
+    assert summarise([rec(0.2, True)])["sensitivity_small"] is None
+
+
 def test_compare_can_time_the_shipped_recipe_here_for_the_budget(tiny_bundle, tmp_path):
     """--time_shipped_epoch: the UNet's budget is one epoch of train.json timed on this machine x the shipped run's
     epochs (from its record), and the report says so; a record without epochs is refused before anything trains."""

@@ -283,6 +283,7 @@ def sites_with_protocol(name: str = "issue") -> dict[str, SiteSpec]:
         raise ValueError(f"unknown protocol {name!r}; known: {sorted(PROTOCOLS)}")
     return SITES if name == "issue" else {s.name: with_protocol(s, PROTOCOLS[name]) for s in _ROUTINE_SITES}
 
+
 #: Not a site: all confounders at moderate rates, random neutral device per case (CLIP pre-training).
 GENERIC_MIXTURE = SiteSpec(
     "generic", "Generic mixture",

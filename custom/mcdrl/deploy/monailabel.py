@@ -405,6 +405,7 @@ class ClientFriendlyApp:
         super().__init__(*args, **kwargs)
         self._use_finetune_configs()
         _check_requests_before_queueing()
+        _serialise_local_datastore()
 
     def _use_finetune_configs(self) -> None:
         for name, task in getattr(self, "_trainers", {}).items():
@@ -590,6 +591,45 @@ def _check_requests_before_queueing() -> None:
 
     run._mcdrl_checked = True  # type: ignore[attr-defined]
     AsyncTask.run = staticmethod(run)
+
+
+#: LocalDatastore methods that read or change its index: with one lock around them, the auto-reload watcher's refresh
+#: and a request's (the /train check above, a DELETE or PUT of a label) take turns
+_DATASTORE_INDEX_METHODS = ("_reconcile_datastore", "datalist", "save_label", "remove_label", "add_image", "remove_image")
+
+
+def _serialise_local_datastore() -> None:
+    """Make MONAI Label's ``LocalDatastore`` safe against its own file watcher.
+
+    With auto-reload (MONAI Label's default) a watchdog thread re-reads the studies folder after every file event,
+    iterating the index while a request thread changes it. MONAI Label 0.8.5 has no lock there: when a request refreshed
+    at the same moment, one of them failed with "dictionary changed size during iteration". In the request thread that
+    was an HTTP 500; in the watcher thread it ended the thread, and the server stopped noticing files written to the
+    studies folder. This wraps the methods of :data:`_DATASTORE_INDEX_METHODS` in one re-entrant lock. Idempotent;
+    does nothing outside a MONAI Label installation.
+    """
+    try:
+        from monailabel.datastore.local import LocalDatastore
+    except ImportError:
+        return
+    if getattr(LocalDatastore, "_mcdrl_serialised", False):
+        return
+    import functools
+    import threading
+
+    lock = threading.RLock()
+
+    def locked(method):
+        @functools.wraps(method)
+        def call(self, *args, **kwargs):
+            with lock:
+                return method(self, *args, **kwargs)
+
+        return call
+
+    for name in _DATASTORE_INDEX_METHODS:
+        setattr(LocalDatastore, name, locked(getattr(LocalDatastore, name)))
+    LocalDatastore._mcdrl_serialised = True
 
 
 if __name__ == "__main__":

@@ -513,3 +513,88 @@ def test_head_reading_both_sees_the_clip_features_beside_the_intervened(tiny_wor
         assert net(x).shape == (2, 2, 48, 40)
     with pytest.raises(ConfigError, match="2 x d"):
         MCDRLNet(*parts(SegmentationHead(d, (16, 8))), head_input="both")
+
+
+def build_head_variant(world, **head_kw) -> MCDRLNet:
+    torch.manual_seed(0)
+    backbone = CLIPVisualBackbone(TINY, world["weights"])
+    d = backbone.embed_dim
+    return MCDRLNet(backbone, ConfounderDictionary(world["dictionary"], d), RegionSelector(0.5), randomise(CausalIntervention(d, 2, heads=2)),
+                    SegmentationHead(d, (16, 8), skip_channels=(4, 8), embed_dim=d, **head_kw), presence_decision=True)
+
+
+@pytest.mark.parametrize("head_kw", [{"skip_block": "residual"}, {"classifier": "text_queries"}])
+def test_head_alternatives_train_decode_at_the_input_size_and_trace(tiny_world, head_kw):
+    """Issue 23's two alternatives to the shipped head: each one key, each gives (B, 2, H, W) at the input's own
+    size, trains end to end, and traces (what the bundle's exports need)."""
+    net = build_head_variant(tiny_world, **head_kw)
+    x = torch.rand(2, 3, 90, 70)
+    out = net.train()(x)
+    assert out["pred"].shape == (2, 2, 90, 70)
+    out["pred"][:, 1].mean().backward()
+    trained = net.head.pixel_encoder if "skip_block" in head_kw else net.head.classifier.controller
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in trained.parameters())
+    net.eval()
+    traced = torch.jit.trace(net, torch.rand(1, 3, 64, 64), check_trace=False)
+    with torch.no_grad():
+        assert (traced(x) - net(x)).abs().max().item() <= 1e-4
+        net.presence_decision = False
+        assert torch.allclose(net(x), net.forward_with_score(x)[0], atol=1e-5)
+
+
+def test_residual_pixel_encoder_is_monai_residual_units(tiny_world):
+    from monai.networks.blocks import ResidualUnit
+
+    net = build_head_variant(tiny_world, skip_block="residual")
+    assert all(isinstance(level, ResidualUnit) for level in net.head.pixel_encoder.levels)
+    levels = net.head.pixel_encoder(torch.rand(1, 3, 97, 131))
+    assert [tuple(t.shape[1:]) for t in levels] == [(4, 97, 131), (8, 49, 66)]
+    with pytest.raises(ValueError, match="skip_block"):
+        SegmentationHead(32, (16, 8), skip_channels=(4, 8), skip_block="dense")
+
+
+def test_text_query_classifier_reads_the_class_prompts_and_the_image_embedding(tiny_world):
+    """The Universal Model pattern: the lesion logit comes from the K lesion queries (logsumexp), the background logit
+    from "normal mucosa"; other queries or another F_vis give other logits, and the output is one dynamic head's
+    1x1 convs (checked against a hand computation for one query)."""
+    from mcdrl.networks.head import TextQueryClassifier
+
+    torch.manual_seed(0)
+    clf = TextQueryClassifier(8, 32)
+    feats, queries, emb = torch.randn(2, 8, 5, 7), torch.randn(6, 32), torch.randn(2, 32)
+    out = clf(feats, queries, emb)
+    assert out.shape == (2, 6, 5, 7)
+    params = clf.controller(torch.cat([F.normalize(emb[1], dim=0), F.normalize(queries[3], dim=0)]))
+    h = clf.reduce(feats[1:2])[0].flatten(1)  # (8, 35)
+    w1, b1 = params[:64].view(8, 8), params[64:72]
+    w2, b2 = params[72:136].view(8, 8), params[136:144]
+    w3, b3 = params[144:152].view(1, 8), params[152:153]
+    want = w3 @ F.relu(w2 @ F.relu(w1 @ h + b1[:, None]) + b2[:, None]) + b3[:, None]
+    assert torch.allclose(out[1, 3].flatten(), want[0], atol=1e-5)
+    assert not torch.allclose(clf(feats, queries.flip(0), emb), out)
+    assert not torch.allclose(clf(feats, queries, emb.flip(0)), out)
+
+    net = build_head_variant(tiny_world, classifier="text_queries").eval()
+    assert net.class_queries().shape == (6, 32)  # the 5 lesion prompts, then "normal mucosa"
+    torch.testing.assert_close(net.class_queries()[-1], net.dictionary.background_embedding)
+    grid, image = torch.randn(1, 32, 4, 4), torch.rand(1, 3, 16, 16)
+    with torch.no_grad():
+        q = net.head.classifier(net.head.stages[1](net.head.stages[0](net.head.proj(grid), net.head.pixel_encoder(image)[1]),
+                                                   net.head.pixel_encoder(image)[0]), net.class_queries(), emb[:1])
+        logits = net.head(grid, image, net.class_queries(), emb[:1])
+    assert torch.allclose(logits[:, 0], q[:, -1], atol=1e-6) and torch.allclose(logits[:, 1], torch.logsumexp(q[:, :-1], 1), atol=1e-6)
+    with pytest.raises(ValueError, match="text queries"):
+        net.head(grid, image)
+    with pytest.raises(ValueError, match="classifier"):
+        SegmentationHead(32, (16, 8), classifier="queries")
+
+
+def test_weights_of_another_head_alternative_name_the_config_key(tiny_world):
+    from mcdrl.networks.weights import weights_mismatch
+
+    shipped = build_full_net(tiny_world).state_dict()
+    for key, head_kw in [("decoder_skip_block", {"skip_block": "residual"}), ("decoder_classifier", {"classifier": "text_queries"})]:
+        other = build_head_variant(tiny_world, **head_kw).state_dict()
+        value = next(iter(head_kw.values()))
+        assert weights_mismatch(shipped, other).startswith(f"{key} is conv in the config, {value} in the weights")
+        assert weights_mismatch(other, other) is None

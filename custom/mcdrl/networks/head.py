@@ -7,6 +7,16 @@ ViT-B/16), and far-view polyps and nodules are a few pixels wide; the skips give
 cannot hold, while the lesion semantics still come from the CLIP features, which join at their own scale: a stage
 with a skip resizes its input to that skip's size, so the logits come out at the image's resolution (any H x W) with
 no upsampling from the CLIP size. ``skip_channels=()`` is the paper's head (x2 per stage from the grid).
+
+Two alternatives issue 23 asked to measure, one key each (the class defaults are the head of releases 0.8-0.9.1;
+``train.json`` ships ``classifier="text_queries"`` since 0.9.2, chosen on source-site validation):
+
+* ``skip_block="residual"``: a stronger pixel encoder, each level a MONAI :class:`~monai.networks.blocks.ResidualUnit`
+  (two 3x3 convs and a shortcut) instead of one conv.
+* ``classifier="text_queries"``: the pattern of the CLIP-Driven Universal Model (Liu et al., ICCV 2023): the CNN
+  decoder's last features are classified by small dynamic conv heads whose weights a controller generates from each
+  class query, a CLIP text embedding (the K lesion prompts and "normal mucosa") with the image's global embedding
+  F_vis, instead of by a fixed 1x1 conv (:class:`TextQueryClassifier`).
 """
 
 from __future__ import annotations
@@ -17,7 +27,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["PixelEncoder", "SegmentationHead"]
+__all__ = ["CLASSIFIERS", "PixelEncoder", "SKIP_BLOCKS", "SegmentationHead", "TextQueryClassifier"]
+
+#: how each level of the pixel encoder is built: one (3x3 conv, GroupNorm, GELU), or a MONAI residual unit
+SKIP_BLOCKS = ("conv", "residual")
+#: what turns the decoder's last features into logits: a 1x1 conv, or CLIP text embeddings as class queries
+CLASSIFIERS = ("conv", "text_queries")
 
 
 def _group_norm(c: int) -> nn.GroupNorm:
@@ -44,22 +59,35 @@ class _UpBlock(nn.Module):
         return F.gelu(self.norm(self.conv(x)))
 
 
+def _residual_unit(cin: int, cout: int, stride: int = 1) -> nn.Module:
+    from monai.networks.blocks import ResidualUnit
+
+    return ResidualUnit(2, cin, cout, strides=stride, kernel_size=3, subunits=2, act="GELU",
+                        norm=("group", {"num_groups": math.gcd(8, cout)}))
+
+
 class PixelEncoder(nn.Module):
-    """High-resolution skip features from the image: one (3x3 conv, GroupNorm, GELU) per level.
+    """High-resolution skip features from the image: one block per level.
 
     Level 0 keeps the input resolution, every further level halves it (stride 2).
 
     Args:
         channels: widths of the levels, finest first, e.g. ``(8, 16, 32, 64)`` for S, S/2, S/4, S/8.
+        block: ``"conv"`` (one 3x3 conv, GroupNorm, GELU) or ``"residual"`` (a MONAI ``ResidualUnit``: two of those and
+            a shortcut conv).
 
     Shapes:
         (B, 3, H, W) CLIP-normalised image -> [(B, channels[k], ceil(H / 2^k), ceil(W / 2^k)) for each level k].
     """
 
-    def __init__(self, channels: tuple[int, ...]):
+    def __init__(self, channels: tuple[int, ...], block: str = "conv"):
         super().__init__()
+        if block not in SKIP_BLOCKS:
+            raise ValueError(f"skip_block must be one of {list(SKIP_BLOCKS)}, got {block!r}")
+        make = _conv_norm_act if block == "conv" else _residual_unit
         ins = (3,) + tuple(channels[:-1])
-        self.levels = nn.ModuleList([_conv_norm_act(a, b, 1 if k == 0 else 2) for k, (a, b) in enumerate(zip(ins, channels))])
+        self.block = block
+        self.levels = nn.ModuleList([make(a, b, 1 if k == 0 else 2) for k, (a, b) in enumerate(zip(ins, channels))])
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         out = []
@@ -69,12 +97,62 @@ class PixelEncoder(nn.Module):
         return out
 
 
+class TextQueryClassifier(nn.Module):
+    """Class queries from CLIP text: the CLIP-Driven Universal Model's head (Liu et al., ICCV 2023), for 2D.
+
+    The decoder's last features are reduced to ``hidden`` channels; for each query q a controller (one linear layer)
+    reads [F_vis, e_q] (both L2-normalised) and writes the weights and biases of ``depth`` dynamic 1x1 convs
+    (hidden -> hidden -> ... -> 1, ReLU between), which map those features to the query's logit map.
+
+    Args:
+        in_channels: c, the decoder's last width. embed_dim: d. hidden: width of the dynamic convs (8 in the Universal
+        Model). depth: number of dynamic convs (3 there).
+
+    Shapes:
+        features (B, c, H, W), queries (Q, d), image_embedding (B, d) -> logits (B, Q, H, W).
+    """
+
+    def __init__(self, in_channels: int, embed_dim: int, hidden: int = 8, depth: int = 3):
+        super().__init__()
+        self.reduce = nn.Sequential(_group_norm(in_channels), nn.GELU(), nn.Conv2d(in_channels, hidden, 1))
+        self.sizes = [(hidden, hidden)] * (depth - 1) + [(hidden, 1)]
+        self.controller = nn.Linear(2 * embed_dim, sum(i * o + o for i, o in self.sizes))
+        self.embed_dim = int(embed_dim)
+
+    def forward(self, features: torch.Tensor, queries: torch.Tensor, image_embedding: torch.Tensor) -> torch.Tensor:
+        b, q = features.shape[0], queries.shape[0]
+        cond = torch.cat([F.normalize(image_embedding, dim=-1).unsqueeze(1).expand(b, q, -1),
+                          F.normalize(queries.to(image_embedding.dtype), dim=-1).unsqueeze(0).expand(b, q, -1)], dim=-1)
+        params = self.controller(cond)  # (B, Q, P)
+        h = self.reduce(features)
+        size = h.shape[-2:]
+        h = h.flatten(2)  # (B, hidden, H*W): the queries share it until their first conv
+        offset = 0
+        for j, (cin, cout) in enumerate(self.sizes):
+            w = params[..., offset:offset + cin * cout].reshape(b, q, cout, cin)
+            offset += cin * cout
+            bias = params[..., offset:offset + cout]
+            offset += cout
+            if j == 0:  # every query's first conv in one batched matmul per image: (B, Q*cout, cin) @ (B, cin, H*W)
+                h = torch.baddbmm(bias.reshape(b, q * cout, 1), w.reshape(b, q * cout, cin), h).reshape(b * q, cout, -1)
+            else:  # then one 1x1 conv per (image, query): (B*Q, cout, cin) @ (B*Q, cin, H*W)
+                h = torch.baddbmm(bias.reshape(b * q, cout, 1), w.reshape(b * q, cout, cin), h)
+            if j < len(self.sizes) - 1:
+                h = F.relu(h)
+        return h.reshape(b, q, *size)
+
+
 class SegmentationHead(nn.Module):
     """Feature grid (B, d, h, w) [+ image (B, 3, H, W)] -> logits (B, out_channels, H, W) with skips, else
     (B, out_channels, h * 2^n, w * 2^n), n = len(channels).
 
     A 1x1 projection, then one (upsample, 3x3 conv, GroupNorm, GELU) stage per entry of ``channels``, then a
     1x1 classifier. ``dropout`` (Dropout2d on the projected grid) is the knob MONAI Label sets for epistemic scoring.
+
+    With ``classifier="text_queries"`` the 1x1 classifier is a :class:`TextQueryClassifier` over Q = K + 1 queries
+    (the K lesion prompts, then "normal mucosa"): the background logit is the last query's, the lesion logit the
+    logsumexp of the K lesion queries' (so softmax over the two is the Universal Model's per-class sigmoid, pooled
+    over the lesion classes). Its forward then also needs the queries (Q, d) and F_vis (B, d).
 
     With ``skip_channels`` (finest level first), a :class:`PixelEncoder` reads the image at its own resolution
     H x W, and stage j (of n) concatenates level k = n - 1 - j, upsampling to that level's size (any ratio: the CLIP
@@ -84,6 +162,9 @@ class SegmentationHead(nn.Module):
     Args:
         in_dim: d. channels: widths of the upsampling stages. out_channels: 2 (background, lesion). dropout: p.
         skip_channels: widths of the pixel encoder's levels (``()``: no skips, the paper's head).
+        skip_block: ``"conv"`` or ``"residual"``, the pixel encoder's block (:data:`SKIP_BLOCKS`).
+        classifier: ``"conv"`` or ``"text_queries"`` (:data:`CLASSIFIERS`). embed_dim: d, which the text-query
+            classifier's controller reads (default: ``in_dim``).
 
     Example:
         >>> head = SegmentationHead(192, (128, 64, 32, 16), skip_channels=(8, 16, 32, 64))
@@ -92,8 +173,13 @@ class SegmentationHead(nn.Module):
     """
 
     def __init__(self, in_dim: int, channels: tuple[int, ...] = (128, 64, 32, 16), out_channels: int = 2, dropout: float = 0.0,
-                 skip_channels: tuple[int, ...] = ()):
+                 skip_channels: tuple[int, ...] = (), skip_block: str = "conv", classifier: str = "conv",
+                 embed_dim: int | None = None):
         super().__init__()
+        if classifier not in CLASSIFIERS:
+            raise ValueError(f"classifier must be one of {list(CLASSIFIERS)}, got {classifier!r}")
+        if classifier == "text_queries" and out_channels != 2:
+            raise ValueError(f"classifier 'text_queries' gives 2 channels (background, lesion), not out_channels={out_channels}")
         channels = tuple(int(c) for c in channels)
         skip_channels = tuple(int(c) for c in (skip_channels or ()))
         n = len(channels)
@@ -105,10 +191,13 @@ class SegmentationHead(nn.Module):
         self.skip_levels = [n - 1 - j if n - 1 - j < len(skip_channels) else -1 for j in range(n)]
         self.stages = nn.ModuleList([_UpBlock(a, b, skip_channels[k] if k >= 0 else 0)
                                      for a, b, k in zip((channels[0],) + channels[:-1], channels, self.skip_levels)])
-        self.pixel_encoder = PixelEncoder(skip_channels) if skip_channels else None
-        self.classifier = nn.Conv2d(channels[-1], out_channels, 1)
+        self.pixel_encoder = PixelEncoder(skip_channels, skip_block) if skip_channels else None
+        self.uses_text_queries = classifier == "text_queries"
+        self.classifier = (TextQueryClassifier(channels[-1], int(embed_dim or in_dim)) if self.uses_text_queries
+                           else nn.Conv2d(channels[-1], out_channels, 1))
 
-    def forward(self, x: torch.Tensor, image: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, image: torch.Tensor | None = None, queries: torch.Tensor | None = None,
+                image_embedding: torch.Tensor | None = None) -> torch.Tensor:
         # channels_last without autograd: the 3x3 convs (oneDNN) infer ~20% faster on CPU; with autograd the backward
         # of GroupNorm is slower in that layout (measured 1.2x on 2 CPU cores), so training keeps the standard one
         fmt = torch.contiguous_format if torch.is_grad_enabled() else torch.channels_last
@@ -120,4 +209,9 @@ class SegmentationHead(nn.Module):
             skips = self.pixel_encoder(image.contiguous(memory_format=fmt))
         for stage, k in zip(self.stages, self.skip_levels):
             x = stage(x, skips[k] if k >= 0 and skips else None)
-        return self.classifier(x).contiguous()
+        if not self.uses_text_queries:
+            return self.classifier(x).contiguous()
+        if queries is None or image_embedding is None:
+            raise ValueError("this SegmentationHead classifies with text queries: pass queries (K + 1, d) and F_vis (B, d) too")
+        q = self.classifier(x.contiguous(), queries, image_embedding)  # (B, K + 1, H, W)
+        return torch.stack([q[:, -1], torch.logsumexp(q[:, :-1], dim=1)], dim=1).contiguous()

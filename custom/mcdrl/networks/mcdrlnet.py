@@ -9,7 +9,8 @@
       -> CausalIntervention        F_ca = A(F, Z) over the ConfounderDictionary Z (M, d)
       -> scatter F_ca into C       (unselected positions keep C), grid (B, d, h, w)
       -> SegmentationHead          logits (B, 2, H, W), with skips from the image at its own resolution H x W (or at
-                                   ``head_resolution``) [ours]; the paper's head (no skips) decodes to S and is resized
+                                   ``head_resolution``) [ours]; the paper's head (no skips) decodes to S and is resized;
+                                   with ``classifier="text_queries"`` the class prompts and F_vis classify the pixels
       -> presence decision         F_vis against the class prompts and "normal mucosa": the lesion channel is emptied
                                    when the image-level lesion score is below ``presence_threshold`` [ours]
       -> [ConfounderReadout]       (reports only) which confounders the frame shows: F_vis against Z, calibrated on
@@ -107,6 +108,8 @@ class MCDRLNet(nn.Module):
             "intervention": int(intervention.layers[0].q_proj.in_features),
             "head": int(head.proj[0].in_channels) // (2 if head_input == "both" else 1),
         }
+        if head.uses_text_queries:
+            got["head's text-query classifier"] = int(head.classifier.embed_dim)
         for part, dim in got.items():
             if dim != d:
                 raise ConfigError(f"MCDRLNet: the CLIP backbone {backbone.model_name!r} has embedding dimension {d}, but the {part} was built for {dim}"
@@ -166,21 +169,32 @@ class MCDRLNet(nn.Module):
         """C (B, L, d) and the de-confounded, intervened grid (B, L, d) -> what the head reads (B, L, d or 2d)."""
         return torch.cat([raw, tokens], dim=-1) if self.head_input == "both" else tokens
 
-    def _decode(self, tokens: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
-        """Grid tokens (B, L, d) and the input image (B, 3, H, W) -> logits (B, 2, H, W).
+    def class_queries(self) -> torch.Tensor:
+        """The text-query classifier's queries: [e_1 .. e_K, e_bg] (K + 1, d)."""
+        d = self.dictionary
+        return torch.cat([d.class_embeddings, d.background_embedding.unsqueeze(0)], dim=0)
+
+    def _decode(self, tokens: torch.Tensor, image: torch.Tensor, image_embedding: torch.Tensor | None = None) -> torch.Tensor:
+        """Grid tokens (B, L, d), the input image (B, 3, H, W) [and F_vis (B, d), which a text-query head needs]
+        -> logits (B, 2, H, W).
 
         A head with skips reads the image at its own resolution (or at ``head_resolution``), so its logits come out
         at H x W; the paper's head decodes the grid alone and is resized to H x W."""
         b, _, dim = tokens.shape  # dim: d, or 2d with head_input "both"
         grid = tokens.transpose(1, 2).reshape(b, dim, self.grid_size, self.grid_size)
         size = image.shape[-2:]  # kept symbolic, so a traced network follows the input size
+        text = {}
+        if self.head.uses_text_queries:
+            if image_embedding is None:
+                raise ValueError("a head with text queries needs F_vis: pass image_embedding (B, d)")
+            text = {"queries": self.class_queries(), "image_embedding": image_embedding}
         if self.head.pixel_encoder is None:
-            logits = self.head(grid)
+            logits = self.head(grid, **text)
         else:
             if self.head_resolution is not None:
                 r = self.head_resolution
                 image = F.interpolate(image, size=[r, r], mode="bilinear", align_corners=False, antialias=True)
-            logits = self.head(grid, self.backbone.normalize(image))
+            logits = self.head(grid, self.backbone.normalize(image), **text)
             if self.head_resolution is None:
                 return logits
         return F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
@@ -212,7 +226,7 @@ class MCDRLNet(nn.Module):
         """Eval logits before the presence decision (B, 2, H, W) and the lesion score (B,) (for choosing the threshold)."""
         tokens, pooled = self.backbone.forward_tokens(self._resize_in(x))
         tokens, _, _ = self._regions(tokens)
-        return self._decode(tokens, x), self.lesion_score(pooled)
+        return self._decode(tokens, x, pooled), self.lesion_score(pooled)
 
     def forward(self, x: torch.Tensor):
         xs = self._resize_in(x)
@@ -220,13 +234,16 @@ class MCDRLNet(nn.Module):
             tokens, pooled = self.backbone.forward_tokens(xs)
             tokens, f_ca, _ = self._regions(tokens)
             return {
-                "pred": self._decode(tokens, x),
+                "pred": self._decode(tokens, x, pooled),
                 "image_embedding": pooled,
                 "region_embedding": f_ca.mean(dim=1),
                 "features": tokens,
                 "intervention_on": self.applies_intervention,
             }
         if not self.presence_decision:
+            if self.head.uses_text_queries:
+                tokens, pooled = self.backbone.forward_tokens(xs)
+                return self._decode(self._regions(tokens)[0], x, pooled)
             tokens, _, _ = self._regions(self.backbone.forward_dense(xs))
             return self._decode(tokens, x)
         logits, score = self.forward_with_score(x)
@@ -244,7 +261,7 @@ class MCDRLNet(nn.Module):
         tokens, _, _ = self._regions(tokens)
         weights = self.readout(pooled, self.dictionary.confounders)
         score = self.lesion_score(pooled)
-        logits = self.gate(self._decode(tokens, x), score)
+        logits = self.gate(self._decode(tokens, x, pooled), score)
         return (logits, weights, score) if with_score else (logits, weights)
 
     @torch.no_grad()

@@ -49,7 +49,11 @@ STRUCTURAL_KEYS: dict[str, Callable[[Mapping[str, torch.Tensor]], object]] = {
     "lesion_classes (count)": _dim("dictionary.class_embeddings", 0),
     "intervention_layers": _count("intervention.layers."),
     "decoder_channels": _out_channels("head.stages.", ".conv.weight"),
-    "decoder_skip_channels": _out_channels("head.pixel_encoder.levels.", ".0.weight"),
+    "decoder_skip_channels": lambda state: (_out_channels("head.pixel_encoder.levels.", ".0.weight")(state)
+                                            or _out_channels("head.pixel_encoder.levels.", ".conv.unit0.conv.weight")(state)),
+    "decoder_skip_block": lambda state: (("residual" if any(".residual." in k for k in state if k.startswith("head.pixel_encoder."))
+                                          else "conv") if any(k.startswith("head.pixel_encoder.") for k in state) else None),
+    "decoder_classifier": lambda state: "text_queries" if "head.classifier.controller.weight" in state else "conv",
 }
 
 

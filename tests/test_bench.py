@@ -49,12 +49,33 @@ def randomise_linears(module: torch.nn.Module, seed: int = 0) -> torch.nn.Module
     return module
 
 
-def reference_head(head: SegmentationHead, grid: torch.Tensor, image: torch.Tensor | None = None) -> torch.Tensor:
-    """The decoder in plain NCHW layout throughout (the unoptimised path), with its skips from the image if it has them."""
+def reference_text_queries(clf, x: torch.Tensor, queries: torch.Tensor, image_embedding: torch.Tensor) -> torch.Tensor:
+    """The text-query classifier as first written: every (image, query) pair's dynamic 1x1 convs by einsum, then the
+    background logit from the last query and the lesion logit as the logsumexp of the others."""
+    b, q = x.shape[0], queries.shape[0]
+    cond = torch.cat([F.normalize(image_embedding, dim=-1)[:, None].expand(b, q, -1), F.normalize(queries, dim=-1)[None].expand(b, q, -1)], -1)
+    params, offset = clf.controller(cond), 0
+    h = clf.reduce(x)[:, None].expand(b, q, -1, -1, -1)
+    for j, (cin, cout) in enumerate(clf.sizes):
+        w = params[..., offset:offset + cin * cout].reshape(b, q, cout, cin)
+        bias = params[..., offset + cin * cout:offset + cin * cout + cout]
+        offset += cin * cout + cout
+        h = torch.einsum("bqoi,bqihw->bqohw", w, h) + bias[..., None, None]
+        h = F.relu(h) if j < len(clf.sizes) - 1 else h
+    h = h[:, :, 0]
+    return torch.stack([h[:, -1], torch.logsumexp(h[:, :-1], dim=1)], dim=1)
+
+
+def reference_head(head: SegmentationHead, grid: torch.Tensor, image: torch.Tensor | None = None, queries: torch.Tensor | None = None,
+                   image_embedding: torch.Tensor | None = None) -> torch.Tensor:
+    """The decoder in plain NCHW layout throughout (the unoptimised path), with its skips from the image if it has them,
+    and the text-query classifier (:func:`reference_text_queries`) where the head has one."""
     x = head.dropout(head.proj(grid))
     skips = head.pixel_encoder(image) if head.pixel_encoder is not None else []
     for stage, k in zip(head.stages, head.skip_levels):
         x = stage(x, skips[k] if k >= 0 and skips else None)
+    if head.uses_text_queries:
+        return reference_text_queries(head.classifier, x, queries, image_embedding)
     return head.classifier(x)
 
 
@@ -63,8 +84,9 @@ def reference_eval_forward(net: MCDRLNet, x: torch.Tensor) -> torch.Tensor:
     reference (NCHW) decoder."""
     s = net.image_size
     xs = F.interpolate(x, size=[s, s], mode="bilinear", align_corners=False, antialias=True)
-    tokens = net.backbone.forward_dense(xs)
+    tokens, pooled = net.backbone.forward_tokens(xs)
     d = net.dictionary
+    text = (torch.cat([d.class_embeddings, d.background_embedding[None]]), pooled) if net.head.uses_text_queries else ()
     if net.deconfounding == "all":  # the text-guided projection, where the network has it (inference.json: regions)
         tokens = net.projection(tokens)
     idx, _ = net.selector(tokens, d.class_embeddings, d.background_embedding)
@@ -78,8 +100,8 @@ def reference_eval_forward(net: MCDRLNet, x: torch.Tensor) -> torch.Tensor:
     b, _, dim = tokens.shape
     grid = tokens.transpose(1, 2).reshape(b, dim, net.grid_size, net.grid_size)
     if net.head.pixel_encoder is not None:  # the skips read the input at its own resolution: logits at H x W
-        return reference_head(net.head, grid, net.backbone.normalize(x))
-    return F.interpolate(reference_head(net.head, grid), size=x.shape[-2:], mode="bilinear", align_corners=False)
+        return reference_head(net.head, grid, net.backbone.normalize(x), *text)
+    return F.interpolate(reference_head(net.head, grid, None, *text), size=x.shape[-2:], mode="bilinear", align_corners=False)
 
 
 @pytest.mark.parametrize("size", [(64, 64), (96, 80)])
@@ -204,7 +226,9 @@ def test_state_dict_keys_unchanged_by_benchmark_builds():
     net = build_network(TINY, heads=2, decoder_channels=(16, 8))
     backbone = CLIPVisualBackbone(TINY, None)
     d = backbone.embed_dim
-    head = SegmentationHead(d, (16, 8), skip_channels=tuple(json.loads((REPO / "bundle" / "configs" / "inference.json").read_text())["decoder_skip_channels"])[:2])
+    config = json.loads((REPO / "bundle" / "configs" / "inference.json").read_text())
+    head = SegmentationHead(d, (16, 8), skip_channels=tuple(config["decoder_skip_channels"])[:2], skip_block=config["decoder_skip_block"],
+                            classifier=config["decoder_classifier"], embed_dim=d)
     plain = MCDRLNet(backbone, ConfounderDictionary(None, d), RegionSelector(0.5), CausalIntervention(d, 3, heads=2), head)
     assert list(net.state_dict()) == list(plain.state_dict())
 

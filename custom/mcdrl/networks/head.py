@@ -86,7 +86,6 @@ class PixelEncoder(nn.Module):
             raise ValueError(f"skip_block must be one of {list(SKIP_BLOCKS)}, got {block!r}")
         make = _conv_norm_act if block == "conv" else _residual_unit
         ins = (3,) + tuple(channels[:-1])
-        self.block = block
         self.levels = nn.ModuleList([make(a, b, 1 if k == 0 else 2) for k, (a, b) in enumerate(zip(ins, channels))])
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:

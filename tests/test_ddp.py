@@ -233,3 +233,39 @@ def test_train_sampler_shards_form_the_global_batches():
     with pytest.raises(ValueError, match="7 samples, which world size 2 does not divide"):
         train_sampler(list(range(7)), num_replicas=2, rank_=0)
     assert len(list(train_sampler(list(range(7)), num_replicas=2, rank_=1, uneven="drop"))) == 3
+
+
+FINALIZE = textwrap.dedent('''
+    import logging, os, sys, torch
+    import torch.distributed as dist
+    from mcdrl.engines import distributed
+    logging.basicConfig(level=logging.INFO)
+    distributed.init_distributed("gloo", 60)
+    torch.manual_seed(0 if sys.argv[1] == "same" else distributed.rank())
+    net = torch.nn.Linear(3, 2)
+    dist.all_gather_object([None] * distributed.world_size(), "x")  # a gloo collective with Python tensors, as the metric gather
+    digest = distributed.check_replicas_in_sync(net)
+    distributed.teardown()
+    with open(f"rank{os.environ['RANK']}.txt", "w") as f:
+        f.write(f"{digest} {dist.is_initialized()}")
+''')
+
+
+@pytest.mark.parametrize("weights", ["same", "diverged"])
+def test_finalize_compares_replicas_and_destroys_the_group(weights, tmp_path):
+    """check_replicas_in_sync and teardown through the rendezvous store: identical replicas pass on every rank and the
+    group is gone after teardown; diverged replicas fail the run with each rank's digest."""
+    script = tmp_path / "finalize.py"
+    script.write_text(FINALIZE)
+    proc = subprocess.run([*TORCHRUN, "--standalone", "--nnodes=1", "--nproc_per_node=2", str(script), weights],
+                          capture_output=True, text=True, timeout=300, cwd=tmp_path, env=_env())
+    out = proc.stdout + proc.stderr
+    if weights == "same":
+        assert proc.returncode == 0, out[-3000:]
+        ranks = [(tmp_path / f"rank{r}.txt").read_text().split() for r in (0, 1)]
+        assert ranks[0] == ranks[1] and re.fullmatch(r"[0-9a-f]{64}", ranks[0][0]), ranks
+        assert ranks[0][1] == "False"  # teardown destroyed the process group
+        assert f"all 2 ranks hold identical weights: sha256 per rank ['{ranks[0][0]}', '{ranks[0][0]}']" in out, out[-3000:]
+    else:
+        assert proc.returncode != 0, out[-3000:]
+        assert re.search(r"DDP replicas diverged: weight sha256 per rank \['[0-9a-f]{12}', '[0-9a-f]{12}'\]", out), out[-3000:]

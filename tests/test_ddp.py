@@ -244,8 +244,8 @@ FINALIZE = textwrap.dedent('''
     torch.manual_seed(0 if sys.argv[1] == "same" else distributed.rank())
     net = torch.nn.Linear(3, 2)
     dist.all_gather_object([None] * distributed.world_size(), "x")  # a gloo collective with Python tensors, as the metric gather
-    digest = distributed.check_replicas_in_sync(net)
-    distributed.teardown()
+    digest = distributed.check_replicas_in_sync(net, 60)
+    distributed.teardown(60)
     with open(f"rank{os.environ['RANK']}.txt", "w") as f:
         f.write(f"{digest} {dist.is_initialized()}")
 ''')

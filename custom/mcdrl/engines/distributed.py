@@ -29,7 +29,6 @@ from .run_state import state_dict_digest
 __all__ = ["check_replicas_in_sync", "device_ids", "eval_sampler", "init_distributed", "local_device", "rank", "rank_zero_handlers", "teardown", "train_sampler", "world_size"]
 
 logger = logging.getLogger("mcdrl.engines.distributed")
-_TIMEOUT = {"s": 1800.0}  # the collective timeout init_distributed was given; the finalize store waits as long
 _TORCHRUN_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
 _LAUNCH = ("torchrun --standalone --nnodes=1 --nproc_per_node=N -m monai.bundle run training "
            "--config_file \"['bundle/configs/train.json','bundle/configs/multi_gpu_train.json']\" ...")
@@ -66,7 +65,6 @@ def init_distributed(backend: str = "auto", timeout_s: float = 1800) -> int:
             raise RuntimeError("ddp_backend='nccl' needs CUDA GPUs; use 'gloo' (or 'auto') on CPU-only machines")
         torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
     dist.init_process_group(backend=backend, timeout=timedelta(seconds=float(timeout_s)))
-    _TIMEOUT["s"] = float(timeout_s)
     if dist.get_rank() != 0 and os.environ.get("MCDRL_LOG_ALL_RANKS", "0") != "1":
         logging.disable(logging.INFO)  # rank-0-only logging; warnings and errors still show on every rank
     logger.info("DDP: %d processes, backend %s, master %s:%s", dist.get_world_size(), backend, os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"])
@@ -141,11 +139,12 @@ def rank_zero_handlers(handlers):
     return [h for h in handlers if type(h).__name__ not in _RANK_ZERO_TYPES]
 
 
-def _finalize_store() -> dist.Store:
+def _finalize_store(timeout_s: float) -> dist.Store:
     """A client of the rendezvous store at ``MASTER_ADDR:MASTER_PORT`` (torchrun's agent, or rank 0), under a prefix of
-    this run and restart, so that a restarted or resumed run never reads an earlier run's keys."""
+    this run and restart, so that a restarted or resumed run never reads an earlier run's keys; its waits give up after
+    ``timeout_s``."""
     store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), is_master=False,
-                          timeout=timedelta(seconds=_TIMEOUT["s"]))
+                          timeout=timedelta(seconds=float(timeout_s)))
     run = f"{os.environ.get('TORCHELASTIC_RUN_ID', 'run')}/{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}"
     return dist.PrefixStore(f"mcdrl/finalize/{run}/", store)
 
@@ -158,10 +157,11 @@ def _exchange(store: dist.Store, key: str, value: str) -> list[str]:
     return [store.get(k).decode() for k in keys]
 
 
-def check_replicas_in_sync(network) -> str:
+def check_replicas_in_sync(network, timeout_s: float = 1800) -> str:
     """All ranks must hold bit-identical weights after DDP training; returns the sha256 (logged on rank 0).
 
-    The digests are exchanged through the rendezvous store (see the module docstring for why not gloo).
+    The digests are exchanged through the rendezvous store (see the module docstring for why not gloo), waiting at
+    most ``timeout_s`` (``ddp_timeout_s``) for the other ranks.
 
     Raises:
         RuntimeError: listing each rank's digest, when they differ.
@@ -169,16 +169,17 @@ def check_replicas_in_sync(network) -> str:
     digest = state_dict_digest(network)
     if world_size() == 1:
         return digest
-    digests = _exchange(_finalize_store(), "digest", digest)
+    digests = _exchange(_finalize_store(timeout_s), "digest", digest)
     if len(set(digests)) != 1:
         raise RuntimeError(f"DDP replicas diverged: weight sha256 per rank {[d[:12] for d in digests]}")
     logger.info("all %d ranks hold identical weights: sha256 per rank %s", world_size(), digests)
     return digest
 
 
-def teardown() -> None:
-    """Finalize: wait for every rank (through the rendezvous store), then destroy the process group (if any)."""
+def teardown(timeout_s: float = 1800) -> None:
+    """Finalize: wait for every rank (through the rendezvous store, at most ``timeout_s``), then destroy the process
+    group (if any)."""
     if dist.is_available() and dist.is_initialized():
         if world_size() > 1:
-            _exchange(_finalize_store(), "finished", "1")
+            _exchange(_finalize_store(timeout_s), "finished", "1")
         dist.destroy_process_group()

@@ -116,7 +116,11 @@ class TextQueryClassifier(nn.Module):
         self.reduce = nn.Sequential(_group_norm(in_channels), nn.GELU(), nn.Conv2d(in_channels, hidden, 1))
         self.sizes = [(hidden, hidden)] * (depth - 1) + [(hidden, 1)]
         self.controller = nn.Linear(2 * embed_dim, sum(i * o + o for i, o in self.sizes))
-        self.embed_dim = int(embed_dim)
+
+    @property
+    def embed_dim(self) -> int:
+        """d, the width of the text queries and F_vis (the controller reads both)."""
+        return self.controller.in_features // 2
 
     def forward(self, features: torch.Tensor, queries: torch.Tensor, image_embedding: torch.Tensor) -> torch.Tensor:
         b, q = features.shape[0], queries.shape[0]

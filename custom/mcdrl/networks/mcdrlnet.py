@@ -229,9 +229,8 @@ class MCDRLNet(nn.Module):
         return self._decode(tokens, x, pooled), self.lesion_score(pooled)
 
     def forward(self, x: torch.Tensor):
-        xs = self._resize_in(x)
         if self.training:
-            tokens, pooled = self.backbone.forward_tokens(xs)
+            tokens, pooled = self.backbone.forward_tokens(self._resize_in(x))
             tokens, f_ca, _ = self._regions(tokens)
             return {
                 "pred": self._decode(tokens, x, pooled),
@@ -241,10 +240,9 @@ class MCDRLNet(nn.Module):
                 "intervention_on": self.applies_intervention,
             }
         if not self.presence_decision:
-            if self.head.uses_text_queries:
-                tokens, pooled = self.backbone.forward_tokens(xs)
-                return self._decode(self._regions(tokens)[0], x, pooled)
-            tokens, _, _ = self._regions(self.backbone.forward_dense(xs))
+            if self.head.uses_text_queries:  # the head reads F_vis too
+                return self.forward_with_score(x)[0]
+            tokens, _, _ = self._regions(self.backbone.forward_dense(self._resize_in(x)))
             return self._decode(tokens, x)
         logits, score = self.forward_with_score(x)
         return self.gate(logits, score)

@@ -11,7 +11,6 @@ Prints: the share of F_vis's variance between sites; per frame with a lesion, th
 presence decision, no post-processing) against the truth with its own F_vis, with its own site's mean F_vis (the
 control) and with each other site's mean, and the Dice between those masks and the one from its own F_vis.
 """
-import json
 import sys
 from collections import defaultdict
 from pathlib import Path
@@ -19,22 +18,15 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from monai.bundle import ConfigParser
-from PIL import Image
+
+from mcdrl.evaluation.scoring import build_bundle_network, load_labelled_images
 
 root = Path(__file__).resolve().parents[5]
-parser = ConfigParser()
-parser.read_config(str(root / "bundle/configs/inference.json"))
-parser["bundle_root"] = str(root / "bundle")
-net = parser.get_parsed_content("network_def")
-state = torch.load(sys.argv[1] if len(sys.argv) > 1 else root / "bundle/models/model.pt", map_location="cpu", weights_only=True)
-net.load_state_dict(state)
-net.eval()
+net, _ = build_bundle_network(str(root / "bundle/configs/inference.json"),
+                              sys.argv[1] if len(sys.argv) > 1 else root / "bundle/models/model.pt", {"bundle_root": str(root / "bundle")})
 torch.set_num_threads(1)
-
-data = root / "data/synthetic"
-entries = json.loads((data / "datalist.json").read_text())["validation"]
-sites = sorted({e["site"] for e in entries})
+frames = load_labelled_images(root / "data/synthetic/datalist.json", "validation")
+sites = sorted({f["site"] for f in frames})
 
 
 def dice(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -44,11 +36,11 @@ def dice(a: torch.Tensor, b: torch.Tensor) -> float:
 
 feats = []
 with torch.no_grad():
-    for e in entries:
-        x = torch.from_numpy(np.array(Image.open(data / e["image"]).convert("RGB"))).permute(2, 0, 1).float()[None] / 255.0
-        y = torch.from_numpy(np.array(Image.open(data / e["label"]))) > 0
+    for f in frames:
+        x = torch.from_numpy(f["image"]).permute(2, 0, 1).float()[None] / 255.0
+        y = torch.from_numpy(f["mask"])
         tokens, pooled = net.backbone.forward_tokens(net._resize_in(x))
-        feats.append((e["site"], x, y, tokens, pooled))
+        feats.append((f["site"], x, y, tokens, pooled))
     emb = torch.cat([F.normalize(p, dim=-1) for *_, p in feats])
     site_of = [s for s, *_ in feats]
     means = {s: emb[[i for i, t in enumerate(site_of) if t == s]].mean(0, keepdim=True) for s in sites}

@@ -36,6 +36,7 @@ from .deconfounding import ConfounderProjection
 from .dictionary import ConfounderDictionary
 from .head import SegmentationHead
 from .intervention import CausalIntervention
+from .presence import PresenceProbe
 from .region_selection import RegionSelector
 
 __all__ = ["DECONFOUNDING_SCOPES", "HEAD_INPUTS", "MCDRLNet"]
@@ -71,6 +72,9 @@ class MCDRLNet(nn.Module):
             (the logits are then resized to H x W).
         readout: the confounder readout of the reports (None: an uncalibrated one of the dictionary's size; its
             calibration buffers come from ``model.pt``).
+        presence_probe: a trained lesion score (:class:`~mcdrl.networks.presence.PresenceProbe`) that replaces the
+            zero-shot one once it is calibrated; None (the default): no probe, and no ``presence_probe.*`` keys in
+            ``model.pt`` [ours].
 
     The runtime switch :attr:`intervention_active` (set by :class:`mcdrl.engines.handlers.InterventionSchedule`) turns
     the intervention off for the first epochs of training; it defaults to on, so a loaded model infers with it.
@@ -98,6 +102,7 @@ class MCDRLNet(nn.Module):
         head_resolution: int | None = None,
         head_input: str = "intervened",
         readout: ConfounderReadout | None = None,
+        presence_probe: PresenceProbe | None = None,
     ):
         super().__init__()
         d = backbone.embed_dim
@@ -134,6 +139,9 @@ class MCDRLNet(nn.Module):
         self.head_resolution = None if head_resolution is None else int(head_resolution)
         self.register_buffer("presence_threshold", torch.zeros(()))
         self.readout = readout if readout is not None else ConfounderReadout(dictionary.num_confounders, d)
+        if presence_probe is not None and int(presence_probe.weight.shape[0]) != d:
+            raise ConfigError(f"MCDRLNet: the CLIP backbone {backbone.model_name!r} has embedding dimension {d}, but the presence probe was built for {int(presence_probe.weight.shape[0])}.")
+        self.presence_probe = presence_probe
         if dropout is not None:
             self.head.dropout.p = float(dropout)
         self.image_size = backbone.image_size
@@ -210,7 +218,10 @@ class MCDRLNet(nn.Module):
         return self.dictionary.prompt_logits(image_embedding, self.tau, with_background=True)
 
     def lesion_score(self, image_embedding: torch.Tensor) -> torch.Tensor:
-        """Image-level lesion score, 1 - P(normal mucosa | F_vis) over the K + 1 prompts: (B, d) -> (B,) in [0, 1]."""
+        """Image-level lesion score: (B, d) -> (B,) in [0, 1]. The calibrated presence probe's, when the network has
+        one; else zero-shot, 1 - P(normal mucosa | F_vis) over the K + 1 prompts."""
+        if self.presence_probe is not None and self.presence_probe.is_calibrated:
+            return self.presence_probe(image_embedding)
         return 1.0 - torch.softmax(self.presence_logits(image_embedding), dim=-1)[:, -1]
 
     def gate(self, logits: torch.Tensor, score: torch.Tensor) -> torch.Tensor:

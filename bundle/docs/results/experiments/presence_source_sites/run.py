@@ -96,86 +96,30 @@ def _f_vis(net: torch.nn.Module, images: list[np.ndarray], batch_size: int = 16)
     return torch.cat(out).numpy()
 
 
-def _doz(images: list[np.ndarray], seed: int) -> list[np.ndarray]:
-    """One do(z) copy of each frame: 1-2 dictionary confounders, then the photometric augmentation."""
-    from monai.transforms import Compose
-
-    from mcdrl.transforms import RandConfounder, photometric_augmentation
-
-    conf = RandConfounder(prob=1.0, max_per_image=2)
-    conf.set_random_state(seed)
-    photo = Compose(photometric_augmentation("image", strength=1.0, prob=0.5))
-    photo.set_random_state(seed + 1)
-    out = []
-    for a in images:
-        x = torch.from_numpy(np.ascontiguousarray(a)).permute(2, 0, 1).float() / 255.0
-        x = photo({"image": conf(x)})["image"]
-        out.append((torch.as_tensor(x).clamp(0, 1).permute(1, 2, 0).numpy() * 255.0 + 0.5).astype(np.uint8))
-    return out
-
-
-def _normalise(x: np.ndarray) -> np.ndarray:
-    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-8)
-
-
-def fit_probe(x: np.ndarray, y: np.ndarray, l2: float) -> tuple[np.ndarray, float]:
-    """Class-balanced L2 logistic regression on the L2-normalised features, each dimension standardised over ``x``:
-    (N, d), (N,) bool -> weight (d,) and bias of a linear score on n(F_vis) (the standardisation folded in)."""
-    xn = _normalise(x)
-    mu, sd = xn.mean(0), np.maximum(xn.std(0), 1e-6)
-    xt = torch.from_numpy((xn - mu) / sd).double()
-    yt = torch.from_numpy(y.astype(np.float64))
-    wt = torch.where(yt > 0, 0.5 / yt.mean(), 0.5 / (1 - yt.mean()))
-    w = torch.zeros(xt.shape[1], dtype=torch.float64, requires_grad=True)
-    b = torch.zeros((), dtype=torch.float64, requires_grad=True)
-    opt = torch.optim.LBFGS([w, b], lr=1.0, max_iter=500, tolerance_grad=1e-9, line_search_fn="strong_wolfe")
-
-    def closure():
-        opt.zero_grad()
-        loss = (wt * torch.nn.functional.binary_cross_entropy_with_logits(xt @ w + b, yt, reduction="none")).mean() + 0.5 * l2 * (w @ w)
-        loss.backward()
-        return loss
-
-    opt.step(closure)
-    w_std = w.detach().numpy()
-    return w_std / sd, float(b.detach()) - float((w_std / sd) @ mu)
-
-
 def probe_score(x: np.ndarray, w: np.ndarray, b: float) -> np.ndarray:
-    """sigmoid(w . n(F_vis) + b): (N, d) -> (N,) in [0, 1]."""
-    return 1.0 / (1.0 + np.exp(-(_normalise(x) @ w + b)))
+    """The shipped probe's score (:class:`mcdrl.networks.presence.PresenceProbe`) of F_vis rows: (N, d) -> (N,)."""
+    from mcdrl.networks.presence import PresenceProbe
+
+    probe = PresenceProbe(x.shape[1])
+    probe.set_weights(torch.from_numpy(w).float(), b)
+    with torch.no_grad():
+        return probe(torch.from_numpy(x).float()).double().numpy()
 
 
-def _training_set(feats: dict, variant: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(features, labels, site) of one probe variant from the fold's training-frame features."""
-    x, y, site = [feats["x"]], [feats["y"]], [feats["site"]]
+def _training_set(feats: dict, variant: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(features, labels, site, is-original) of one probe variant from the fold's training-frame features."""
+    n = feats["y"].size
+    x, y, site, orig = [feats["x"]], [feats["y"]], [feats["site"]], [np.ones(n, bool)]
     if variant != "probe":
+        keep = ~feats["y"] if variant == "probe_doz_neg" else np.ones(n, bool)
         for xc in feats["x_doz"]:
-            keep = ~feats["y"] if variant == "probe_doz_neg" else np.ones_like(feats["y"])
-            x.append(xc[keep]), y.append(feats["y"][keep]), site.append(feats["site"][keep])
-    return np.concatenate(x), np.concatenate(y), np.concatenate(site)
-
-
-def choose_l2(feats: dict, variant: str) -> tuple[float, dict]:
-    """The L2 strength with the best mean leave-one-training-site-out AUC (scored on the left-out site's frames as they
-    are), and each value's AUC."""
-    from mcdrl.evaluation.clip_probe import auc
-
-    x, y, site = _training_set(feats, variant)
-    scores = {}
-    for l2 in L2_GRID:
-        aucs = []
-        for s in np.unique(feats["site"]):
-            w, b = fit_probe(x[site != s], y[site != s], l2)
-            plain = feats["site"] == s
-            aucs.append(auc(probe_score(feats["x"][plain], w, b), feats["y"][plain]))
-        scores[str(l2)] = round(float(np.mean(aucs)), 4)
-    best = max(L2_GRID, key=lambda v: scores[str(v)])
-    return best, scores
+            x.append(xc[keep]), y.append(feats["y"][keep]), site.append(feats["site"][keep]), orig.append(np.zeros(int(keep.sum()), bool))
+    return np.concatenate(x), np.concatenate(y), np.concatenate(site), np.concatenate(orig)
 
 
 def run_fold(held_out: str, scratch: Path, copies: int, seed: int) -> dict:
     from mcdrl.engines.presence import best_threshold as validator_threshold
+    from mcdrl.engines.presence_calibration import choose_l2, doz_copy, fit_probe
     from mcdrl.evaluation.clip_probe import auc
     from mcdrl.evaluation.confounder_readout import render_site
     from mcdrl.evaluation.scoring import build_bundle_network, load_labelled_images, score_images
@@ -195,12 +139,13 @@ def run_fold(held_out: str, scratch: Path, copies: int, seed: int) -> dict:
     train_sites = [s for s in SITES if s != held_out]
     datalist = REPO / "data/synthetic/datalist.json"
 
-    # the probe's training frames: the four training sites' training split, and do(z) copies of them
+    # the probe's training frames: the four training sites' training split, and do(z) copies of them (the package's
+    # own copy function, seeded per frame and copy as calibrate_presence seeds them)
     frames = load_labelled_images(datalist, "training", train_sites)
     images = [f["image"] for f in frames]
     feats = {"x": _f_vis(net, images), "y": np.array([bool(f["mask"].any()) for f in frames]),
              "site": np.array([f["site"] for f in frames]),
-             "x_doz": [_f_vis(net, _doz(images, seed + 1000 * c)) for c in range(copies)]}
+             "x_doz": [_f_vis(net, [doz_copy(a, seed + 100_003 * c + i) for i, a in enumerate(images)]) for c in range(copies)]}
     del images, frames
 
     # the validator's frames (threshold choice) and the held-out site's frames, segmented once with the gate open
@@ -222,8 +167,8 @@ def run_fold(held_out: str, scratch: Path, copies: int, seed: int) -> dict:
     scores = {"clip": (clip_ho, val_clip, prof_clip)}
     probes = {}
     for variant in PROBES:
-        l2, inner = choose_l2(feats, variant)
-        x, y, _ = _training_set(feats, variant)
+        x, y, site, orig = _training_set(feats, variant)
+        l2, inner = choose_l2(x, y, site, orig, L2_GRID)
         w, b = fit_probe(x, y, l2)
         probes[variant] = {"l2": l2, "inner_auc": inner, "n_train": int(len(y)), "lesion_share": round(float(y.mean()), 4)}
         scores[variant] = (probe_score(x_ho, w, b), probe_score(val_x, w, b), probe_score(prof_x, w, b))

@@ -99,6 +99,9 @@ def test_calibrate_presence_completes_the_model_file(calibrated):
     assert record["frames"] == 12 and record["lesion_frames"] == 10 and record["copies"] == 1 and record["doz"] == "all"
     assert record["fitting_rows"] == 24 and record["l2_leave_one_site_out_auc"]["sites_left_out"] == ["S1", "S2"]
     assert record["validation_frames"] == 6 and state["presence_threshold"].item() == pytest.approx(record["presence_threshold"], abs=1e-5)
+    from mcdrl.deploy.shipped import sha256_file
+
+    assert sha256_file(calibrated["root"] / "models" / "model.pt") in (calibrated["root"] / "large_files.yml").read_text()
 
 
 def test_calibrated_model_loads_with_the_probe_and_scores_with_it(calibrated, tiny_world):

@@ -23,7 +23,8 @@ F_vis. It is fitted here, after training, in three steps:
 
 ``model.pt`` is rewritten atomically with the ``presence_probe.*`` buffers and the new ``presence_threshold``. A
 ``model.pt`` without ``presence_probe.*`` keys (trained before, or without the probe) is accepted and completed; every
-other key must match. Run it after every retraining, before ``calibrate_readout``'s manifest is written.
+other key must match. The run then rewrites ``large_files.yml`` (the sha256 of ``model.pt`` changed). Run it after every
+retraining of a model that uses the probe.
 """
 
 from __future__ import annotations
@@ -189,19 +190,17 @@ def _embed(net, images: list[np.ndarray], batch_size: int) -> np.ndarray:
 
 
 @torch.no_grad()
-def _validation_dice(net, frames: list[dict], post, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
-    """Per-frame Dice of the post-processed masks with the presence decision open, and the lesion scores."""
+def _validation_dice(net, frames: list[dict], post) -> tuple[np.ndarray, np.ndarray]:
+    """Per-frame Dice of the post-processed masks with the presence decision open, and the lesion scores (N,), (N,)."""
     dice, scores = [], []
-    for s in range(0, len(frames), batch_size):
-        part = frames[s: s + batch_size]
-        for f in part:
-            x = torch.from_numpy(np.ascontiguousarray(f["image"])).permute(2, 0, 1).float()[None] / 255.0
-            logits, score = net.forward_with_score(x)
-            pred = post((logits[0, 1] > logits[0, 0]).to(torch.uint8).numpy()) > 0
-            gt = f["mask"]
-            denom = int(pred.sum() + gt.sum())
-            dice.append(1.0 if denom == 0 else 2.0 * float((pred & gt).sum()) / denom)
-            scores.append(float(score[0]))
+    for f in frames:
+        x = torch.from_numpy(np.ascontiguousarray(f["image"])).permute(2, 0, 1).float()[None] / 255.0
+        logits, score = net.forward_with_score(x)
+        pred = post((logits[0, 1] > logits[0, 0]).to(torch.uint8).numpy()) > 0
+        gt = f["mask"]
+        denom = int(pred.sum() + gt.sum())
+        dice.append(1.0 if denom == 0 else 2.0 * float((pred & gt).sum()) / denom)
+        scores.append(float(score[0]))
     return np.array(dice), np.array(scores)
 
 
@@ -255,7 +254,7 @@ def calibrate_presence(network: torch.nn.Module, model_file: str | os.PathLike, 
 
     val = _frames(datalist, validation_split, label_threshold)
     post = LesionPostprocess(float(min_lesion_fraction), bool(keep_largest_lesion))
-    dice, scores = _validation_dice(net, val, post, int(batch_size))
+    dice, scores = _validation_dice(net, val, post)
     empty = np.array([not f["mask"].any() for f in val])
     old_threshold = float(net.presence_threshold)
     threshold, best = best_threshold(scores, dice, empty)

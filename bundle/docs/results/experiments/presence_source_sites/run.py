@@ -25,7 +25,8 @@ the shipped one (300 scored frames, 60 other frames for the profile, the evaluat
 * AUC (lesion frames against lesion-free ones);
 * the presence threshold chosen as the bundle's validator chooses it (:func:`mcdrl.engines.presence.best_threshold`,
   the best mean per-image Dice on the four training sites' validation frames): false alarms and lesion-level
-  sensitivity ("uncalibrated"). For ``clip`` the model's stored threshold is used, as published;
+  sensitivity ("uncalibrated"), and the mean per-image Dice of the 300 frames with that presence decision. For
+  ``clip`` the model's stored threshold is used, as published;
 * the site profile's mixture threshold on the 60 profile frames' scores (:func:`mcdrl.io.site_profile.choose_threshold`);
 * the label-reading ceiling: the most sensitivity any threshold keeps at <= 20% false alarms.
 
@@ -182,7 +183,9 @@ def run_fold(held_out: str, scratch: Path, copies: int, seed: int) -> dict:
         for r, v in zip(recs, s_ho):
             r["lesion_score"] = float(v)
         mixture = choose_threshold(s_prof, "mixture")["value"]
-        row = {"auc": round(auc(s_ho, lesion), 4), "threshold": round(float(t_val), 4),
+        kept = s_ho >= t_val
+        dice = np.where(kept, [r["dice"] for r in recs], (~lesion).astype(float))  # an emptied mask scores 1 on a lesion-free frame
+        row = {"auc": round(auc(s_ho, lesion), 4), "threshold": round(float(t_val), 4), "dice": round(float(dice.mean()), 4),
                "uncalibrated": gated(recs, t_val), "profile: mixture": gated(recs, mixture),
                "reference (labels)": best_threshold(recs, TARGETS["false_alarm_max"]),
                "lesion_free_score": {"validation_median": round(float(np.median(s_val[[not r["lesion"] for r in val_recs]])), 4),

@@ -41,14 +41,15 @@ def main() -> int:
             print(f"| {r['held_out']} | {s} | {100 * u['false_alarm_rate']:.0f} / {100 * u['sensitivity']:.0f} | "
                   f"{100 * m['false_alarm_rate']:.0f} / {100 * m['sensitivity']:.0f} ({100 * m['sensitivity_drop']:+.0f}) | "
                   f"{100 * c['false_alarm_rate']:.0f} / {100 * c['sensitivity']:.0f} | {'met' if ok else 'missed'} |")
-    print("\n| score | mean false alarms, validator's threshold | mean sensitivity | sites where the mixture meets both targets |")
-    print("|---|---|---|---|")
+    print("\n| score | mean Dice, validator's threshold | mean false alarms | mean sensitivity | sites where the mixture meets both targets |")
+    print("|---|---|---|---|---|")
     for s in SCORES:
         fa = np.mean([r["scores"][s]["uncalibrated"]["false_alarm_rate"] for r in runs])
         se = np.mean([r["scores"][s]["uncalibrated"]["sensitivity"] for r in runs])
         met = sum(r["scores"][s]["profile: mixture"]["false_alarm_rate"] <= TARGET_FA
                   and r["scores"][s]["profile: mixture"]["sensitivity_drop"] <= TARGET_DROP for r in runs)
-        print(f"| {s} | {100 * fa:.0f}% | {100 * se:.0f}% | {met} of {len(runs)} |")
+        dice = np.mean([r["scores"][s]["dice"] for r in runs])
+        print(f"| {s} | {dice:.3f} | {100 * fa:.0f}% | {100 * se:.0f}% | {met} of {len(runs)} |")
     return 0
 
 

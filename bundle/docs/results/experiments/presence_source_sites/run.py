@@ -118,7 +118,7 @@ def _training_set(feats: dict, variant: str) -> tuple[np.ndarray, np.ndarray, np
     return np.concatenate(x), np.concatenate(y), np.concatenate(site), np.concatenate(orig)
 
 
-def run_fold(held_out: str, scratch: Path, copies: int, seed: int) -> dict:
+def run_fold(held_out: str, scratch: Path, copies: int, seed: int, l2_grid=L2_GRID) -> dict:
     from mcdrl.engines.presence import best_threshold as validator_threshold
     from mcdrl.engines.presence_calibration import choose_l2, doz_copy, fit_probe
     from mcdrl.evaluation.clip_probe import auc
@@ -169,7 +169,7 @@ def run_fold(held_out: str, scratch: Path, copies: int, seed: int) -> dict:
     probes = {}
     for variant in PROBES:
         x, y, site, orig = _training_set(feats, variant)
-        l2, inner = choose_l2(x, y, site, orig, L2_GRID)
+        l2, inner = choose_l2(x, y, site, orig, list(l2_grid))
         w, b = fit_probe(x, y, l2)
         probes[variant] = {"l2": l2, "inner_auc": inner, "n_train": int(len(y)), "lesion_share": round(float(y.mean()), 4)}
         scores[variant] = (probe_score(x_ho, w, b), probe_score(val_x, w, b), probe_score(prof_x, w, b))
@@ -206,14 +206,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--copies", type=int, default=2, help="do(z) copies of each training frame")
     p.add_argument("--seed", type=int, default=97)
     p.add_argument("--sites", nargs="*", default=list(SITES))
+    p.add_argument("--l2_grid", nargs="*", type=float, default=list(L2_GRID), help="L2 strengths the inner choice tries")
+    p.add_argument("--out", default="runs.json", help="results file beside this script")
     a = p.parse_args(argv)
-    out = HERE / "runs.json"
+    out = HERE / a.out
     runs = json.loads(out.read_text()) if out.exists() else []
     done = {r["held_out"] for r in runs}
     for s in a.sites:
         if s in done:
             continue
-        rec = run_fold(s, Path(a.scratch), a.copies, a.seed)
+        rec = run_fold(s, Path(a.scratch), a.copies, a.seed, a.l2_grid)
+        rec["l2_grid"] = a.l2_grid
         runs.append(rec)
         tmp = out.with_suffix(".tmp")
         tmp.write_text(json.dumps(runs, indent=1) + "\n")

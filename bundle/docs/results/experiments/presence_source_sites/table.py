@@ -1,12 +1,13 @@
 """The README's tables from ``runs.json``: AUC per held-out source site and score, the rule's figures, and the
 presence targets (false alarms / lesion-level sensitivity in %) with each score.
 
-    python bundle/docs/results/experiments/presence_source_sites/table.py
+    python bundle/docs/results/experiments/presence_source_sites/table.py [runs_l2_wide.json]
 """
 
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -16,8 +17,9 @@ SCORES = ("clip", "probe", "probe_doz_neg", "probe_doz_all")
 TARGET_FA, TARGET_DROP = 0.20, 0.05
 
 
-def main() -> int:
-    runs = sorted(json.loads((HERE / "runs.json").read_text()), key=lambda r: r["held_out"])
+def main(argv: list[str] | None = None) -> int:
+    name = (argv if argv is not None else sys.argv[1:]) or ["runs.json"]
+    runs = sorted(json.loads((HERE / name[0]).read_text()), key=lambda r: r["held_out"])
     sites = [r["held_out"] for r in runs]
     auc = {s: np.array([r["scores"][s]["auc"] for r in runs]) for s in SCORES}
     print("| score | " + " | ".join(sites) + " | mean | gain over clip (std) |")

@@ -205,7 +205,7 @@ def _validation_dice(net, frames: list[dict], post) -> tuple[np.ndarray, np.ndar
 
 
 def calibrate_presence(network: torch.nn.Module, model_file: str | os.PathLike, datalist: str | os.PathLike, split: str = "training",
-                       validation_split: str = "validation", doz: str = "all", copies: int = 2, l2_grid=(1e-3, 1e-2, 1e-1),
+                       validation_split: str = "validation", doz: str = "all", copies: int = 2, l2_grid=(1e-2, 1e-1, 1.0),
                        seed: int = 0, label_threshold="auto", min_lesion_fraction: float = 0.0, keep_largest_lesion: bool = False,
                        report_file: str | os.PathLike | None = None, batch_size: int = 16) -> dict:
     """Fit ``network.presence_probe`` on the source sites, choose the presence threshold again, rewrite ``model_file``.

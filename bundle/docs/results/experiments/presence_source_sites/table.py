@@ -52,6 +52,12 @@ def main(argv: list[str] | None = None) -> int:
                   and r["scores"][s]["profile: mixture"]["sensitivity_drop"] <= TARGET_DROP for r in runs)
         dice = np.mean([r["scores"][s]["dice"] for r in runs])
         print(f"| {s} | {dice:.3f} | {100 * fa:.0f}% | {100 * se:.0f}% | {met} of {len(runs)} |")
+    print("\n| score | lesion-free median, validation -> held-out source site: " + ", ".join(sites) + " | mean shift size |")
+    print("|---|---|---|")
+    for s in SCORES:
+        shifts = [r["scores"][s]["lesion_free_score"]["held_out_median"] - r["scores"][s]["lesion_free_score"]["validation_median"] for r in runs]
+        cells = ", ".join(f"{r['scores'][s]['lesion_free_score']['validation_median']:.2f} -> {r['scores'][s]['lesion_free_score']['held_out_median']:.2f}" for r in runs)
+        print(f"| {s} | {cells} | {np.mean(np.abs(shifts)):.3f} |")
     return 0
 
 

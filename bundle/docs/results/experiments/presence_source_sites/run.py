@@ -67,16 +67,16 @@ def _head_run():
 class _Capture(torch.nn.Module):
     """Wraps an MCDRLNet for ``score_images``: the gate open, and each frame's F_vis (d,) and CLIP lesion score kept."""
 
-    def __init__(self, net: torch.nn.Module):
+    def __init__(self, net: torch.nn.Module, dense: bool = False):
         super().__init__()
-        self.net, self.f_vis, self.clip = net, [], []
+        self.net, self.dense, self.f_vis, self.clip = net, dense, [], []
 
     def forward_with_score(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         net = self.net
-        tokens, pooled = net.backbone.forward_tokens(net._resize_in(x))
-        tokens, _, _ = net._regions(tokens)
+        raw, pooled = net.backbone.forward_tokens(net._resize_in(x))
+        tokens, regions, _ = net._regions(raw)
         score = net.lesion_score(pooled)
-        self.f_vis.append(pooled.float())
+        self.f_vis.append(_features(pooled, raw, regions, self.dense))
         self.clip.append(score.float())
         return net._decode(tokens, x, pooled), score
 
@@ -87,13 +87,24 @@ class _Capture(torch.nn.Module):
         return torch.cat(self.f_vis).numpy(), torch.cat(self.clip).numpy()
 
 
+def _features(pooled: torch.Tensor, raw: torch.Tensor, regions: torch.Tensor, dense: bool) -> torch.Tensor:
+    """What a probe reads: F_vis (B, d); with ``dense`` (run 3), [n(F_vis), n(mean of the MTRS region tokens),
+    n(max over the grid of the dense tokens)] (B, 3d)."""
+    if not dense:
+        return pooled.float()
+    n = torch.nn.functional.normalize
+    return torch.cat([n(pooled.float(), dim=-1), n(regions.float().mean(1), dim=-1), n(raw.float().amax(1), dim=-1)], dim=-1)
+
+
 @torch.no_grad()
-def _f_vis(net: torch.nn.Module, images: list[np.ndarray], batch_size: int = 16) -> np.ndarray:
-    """F_vis (N, d) of (H, W, 3) uint8 frames."""
+def _f_vis(net: torch.nn.Module, images: list[np.ndarray], batch_size: int = 16, dense: bool = False) -> np.ndarray:
+    """The probe's features (N, d), or (N, 3d) with ``dense``, of (H, W, 3) uint8 frames."""
     out = []
     for s in range(0, len(images), batch_size):
         x = torch.stack([torch.from_numpy(np.ascontiguousarray(a)).permute(2, 0, 1).float() / 255.0 for a in images[s: s + batch_size]])
-        out.append(net.backbone.forward_tokens(net._resize_in(x))[1].float())
+        raw, pooled = net.backbone.forward_tokens(net._resize_in(x))
+        regions = net._regions(raw)[1] if dense else None
+        out.append(_features(pooled, raw, regions, dense))
     return torch.cat(out).numpy()
 
 
@@ -118,7 +129,7 @@ def _training_set(feats: dict, variant: str) -> tuple[np.ndarray, np.ndarray, np
     return np.concatenate(x), np.concatenate(y), np.concatenate(site), np.concatenate(orig)
 
 
-def run_fold(held_out: str, scratch: Path, copies: int, seed: int, l2_grid=L2_GRID) -> dict:
+def run_fold(held_out: str, scratch: Path, copies: int, seed: int, l2_grid=L2_GRID, dense: bool = False) -> dict:
     from mcdrl.engines.presence import best_threshold as validator_threshold
     from mcdrl.engines.presence_calibration import choose_l2, doz_copy, fit_probe
     from mcdrl.evaluation.clip_probe import auc
@@ -144,14 +155,14 @@ def run_fold(held_out: str, scratch: Path, copies: int, seed: int, l2_grid=L2_GR
     # own copy function, seeded per frame and copy as calibrate_presence seeds them)
     frames = load_labelled_images(datalist, "training", train_sites)
     images = [f["image"] for f in frames]
-    feats = {"x": _f_vis(net, images), "y": np.array([bool(f["mask"].any()) for f in frames]),
+    feats = {"x": _f_vis(net, images, dense=dense), "y": np.array([bool(f["mask"].any()) for f in frames]),
              "site": np.array([f["site"] for f in frames]),
-             "x_doz": [_f_vis(net, [doz_copy(a, seed + 100_003 * c + i) for i, a in enumerate(images)]) for c in range(copies)]}
+             "x_doz": [_f_vis(net, [doz_copy(a, seed + 100_003 * c + i) for i, a in enumerate(images)], dense=dense) for c in range(copies)]}
     del images, frames
 
     # the validator's frames (threshold choice) and the held-out site's frames, segmented once with the gate open
     def capture(items: list[dict]) -> tuple[list[dict], np.ndarray, np.ndarray]:
-        wrapped = _Capture(net)
+        wrapped = _Capture(net, dense)
         recs = score_images(wrapped, items, post)
         return (recs, *wrapped.features())
 
@@ -161,8 +172,10 @@ def run_fold(held_out: str, scratch: Path, copies: int, seed: int, l2_grid=L2_GR
     scored = [{"id": f"{held_out}_{i:05d}", "site": held_out, "lesion_class": c.lesion_class, "image": c.image, "mask": c.mask > 0}
               for i, c in enumerate(render_site(spec, 300, 23, "site_profile/score"))]
     recs, x_ho, clip_ho = capture(scored)
-    prof_x = _f_vis(net, [c.image for c in render_site(spec, 60, 23, "site_profile/profile")])
-    prof_clip = torch.as_tensor(net.lesion_score(torch.from_numpy(prof_x))).numpy()
+    prof_images = [c.image for c in render_site(spec, 60, 23, "site_profile/profile")]
+    prof_x = _f_vis(net, prof_images, dense=dense)
+    with torch.no_grad():
+        prof_clip = net.lesion_score(torch.from_numpy(_f_vis(net, prof_images))).numpy()
     lesion = np.array([r["lesion"] for r in recs])
 
     scores = {"clip": (clip_ho, val_clip, prof_clip)}
@@ -208,6 +221,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sites", nargs="*", default=list(SITES))
     p.add_argument("--l2_grid", nargs="*", type=float, default=list(L2_GRID), help="L2 strengths the inner choice tries")
     p.add_argument("--out", default="runs.json", help="results file beside this script")
+    p.add_argument("--dense", action="store_true", help="run 3: the probes read F_vis, the MTRS regions' mean token and the grid's max-pooled token")
     a = p.parse_args(argv)
     out = HERE / a.out
     runs = json.loads(out.read_text()) if out.exists() else []
@@ -215,8 +229,8 @@ def main(argv: list[str] | None = None) -> int:
     for s in a.sites:
         if s in done:
             continue
-        rec = run_fold(s, Path(a.scratch), a.copies, a.seed, a.l2_grid)
-        rec["l2_grid"] = a.l2_grid
+        rec = run_fold(s, Path(a.scratch), a.copies, a.seed, a.l2_grid, a.dense)
+        rec["l2_grid"], rec["dense"] = a.l2_grid, a.dense
         runs.append(rec)
         tmp = out.with_suffix(".tmp")
         tmp.write_text(json.dumps(runs, indent=1) + "\n")

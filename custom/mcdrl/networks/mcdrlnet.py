@@ -12,7 +12,8 @@
                                    ``head_resolution``) [ours]; the paper's head (no skips) decodes to S and is resized;
                                    with ``classifier="text_queries"`` the class prompts and F_vis classify the pixels
       -> presence decision         F_vis against the class prompts and "normal mucosa": the lesion channel is emptied
-                                   when the image-level lesion score is below ``presence_threshold`` [ours]
+                                   when the image-level lesion score is below ``presence_threshold`` [ours]; opt-in,
+                                   a trained PresenceProbe on F_vis gives the score instead [ours]
       -> [ConfounderReadout]       (reports only) which confounders the frame shows: F_vis against Z, calibrated on
                                    the source sites (``predict_with_confounders``, ``read_frames``) [ours]
 

@@ -42,6 +42,7 @@ from mcdrl.errors import ConfigError, InputFileError
 from mcdrl.utils import atomic_path
 
 from .presence import best_threshold
+from .readout_calibration import load_weights_uncalibrated_ok
 
 __all__ = ["DOZ_MODES", "PROBE_PREFIX", "calibrate_presence", "choose_l2", "doz_copy", "fit_probe", "probe_auc"]
 
@@ -142,16 +143,6 @@ def doz_copy(image: np.ndarray, seed: int) -> np.ndarray:
     return (x.permute(1, 2, 0).numpy() * 255.0 + 0.5).astype(np.uint8)
 
 
-def _load(network: torch.nn.Module, path: Path) -> None:
-    if not path.is_file():
-        raise InputFileError(f"model weights not found: {path}. Train the bundle first (run training).")
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    missing, unexpected = network.load_state_dict(state, strict=False)
-    missing = [k for k in missing if not k.startswith(PROBE_PREFIX)]
-    if missing or unexpected:
-        raise ConfigError(f"{path} does not fit the network: missing keys {missing[:5]}, unexpected keys {unexpected[:5]}")
-
-
 def _frames(datalist, split: str, label_threshold) -> list[dict]:
     from PIL import Image
 
@@ -234,7 +225,7 @@ def calibrate_presence(network: torch.nn.Module, model_file: str | os.PathLike, 
     if int(copies) < 0:
         raise ConfigError(f"copies must be >= 0, got {copies!r}")
     model_file = Path(model_file)
-    _load(net, model_file)
+    load_weights_uncalibrated_ok(net, model_file, (PROBE_PREFIX,))
     net.eval()
     frames = _frames(datalist, split, label_threshold)
     images = [f["image"] for f in frames]
@@ -247,7 +238,8 @@ def calibrate_presence(network: torch.nn.Module, model_file: str | os.PathLike, 
         x.append(_embed(net, [doz_copy(images[i], int(seed) + 100_003 * c + i) for i in picked], batch_size))
         y.append(y0[picked]), site.append(site0[picked]), original.append(np.zeros(len(picked), bool))
     x, y, site, original = np.concatenate(x), np.concatenate(y), np.concatenate(site), np.concatenate(original)
-    del images
+    n_frames = len(frames)
+    del images, frames  # the pixels are not needed again; the validation frames are read next
     l2, inner = choose_l2(x, y, site, original, list(l2_grid))
     weight, bias = fit_probe(x, y, l2)
     net.presence_probe.set_weights(torch.from_numpy(weight).float(), bias)
@@ -262,7 +254,7 @@ def calibrate_presence(network: torch.nn.Module, model_file: str | os.PathLike, 
     with atomic_path(model_file) as tmp:
         torch.save(net.state_dict(), tmp)
     doc = {"date": datetime.datetime.now().isoformat(timespec="seconds"), "model_file": model_file.name, "datalist": Path(datalist).name,
-           "split": split, "frames": int(len(frames)), "lesion_frames": int(y0.sum()), "doz": doz, "copies": int(copies),
+           "split": split, "frames": int(n_frames), "lesion_frames": int(y0.sum()), "doz": doz, "copies": int(copies),
            "fitting_rows": int(len(y)), "seed": int(seed), "l2": l2, "l2_leave_one_site_out_auc": inner,
            "validation_split": validation_split, "validation_frames": int(len(val)),
            "presence_threshold": round(threshold, 5), "previous_presence_threshold": round(old_threshold, 5),
@@ -271,5 +263,5 @@ def calibrate_presence(network: torch.nn.Module, model_file: str | os.PathLike, 
         with atomic_path(report_file) as tmp:
             Path(tmp).write_text(json.dumps(doc, indent=1) + "\n")
     logger.info("presence probe fitted on %d rows (%d frames, do(z) %s x%d, l2 %g); threshold %.4f (validation Dice %.4f); written into %s",
-                len(y), len(frames), doz, int(copies), l2, threshold, best, model_file)
+                len(y), n_frames, doz, int(copies), l2, threshold, best, model_file)
     return doc

@@ -40,14 +40,15 @@ logger = logging.getLogger(__name__)
 READOUT_PREFIX = "readout."
 
 
-def load_weights_uncalibrated_ok(network: torch.nn.Module, path: str | os.PathLike) -> torch.nn.Module:
-    """Load ``model.pt`` into ``network`` strictly, except that the ``readout.*`` buffers may be absent (older files)."""
+def load_weights_uncalibrated_ok(network: torch.nn.Module, path: str | os.PathLike, optional_prefixes: tuple[str, ...] = (READOUT_PREFIX,)) -> torch.nn.Module:
+    """Load ``model.pt`` into ``network`` strictly, except that calibration buffers may be absent (older files): keys
+    under ``optional_prefixes`` (default: the readout's ``readout.*``; the presence probe's calibration passes its own)."""
     path = Path(path)
     if not path.is_file():
         raise InputFileError(f"model weights not found: {path}. Train the bundle first (run training).")
     state = torch.load(path, map_location="cpu", weights_only=True)
     missing, unexpected = network.load_state_dict(state, strict=False)
-    missing = [k for k in missing if not k.startswith(READOUT_PREFIX)]
+    missing = [k for k in missing if not k.startswith(tuple(optional_prefixes))]
     if missing or unexpected:
         raise ConfigError(f"{path} does not fit the network: missing keys {missing[:5]}, unexpected keys {unexpected[:5]}")
     return network

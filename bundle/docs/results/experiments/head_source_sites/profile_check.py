@@ -32,7 +32,9 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[4]
 
 
-def main(argv: list[str] | None = None) -> int:
+def check_site(s: str, model_path: Path, shipped: dict, n_profile: int = 60, n_score: int = 300, seed: int = 23) -> dict:
+    """One held-out source site S read by the model at ``model_path`` (trained without S): the lesion score's AUC and
+    the presence rows (uncalibrated, each profile, the label-reading reference) on S's 300 scored frames."""
     from mcdrl.evaluation.clip_probe import auc
     from mcdrl.evaluation.confounder_readout import render_site
     from mcdrl.evaluation.scoring import build_bundle_network, score_images
@@ -40,6 +42,36 @@ def main(argv: list[str] | None = None) -> int:
     from mcdrl.io.site_profile import SiteProfiler
     from mcdrl.synthetic import SITES
 
+    ckpt = torch.load(model_path, weights_only=True)
+    for k in ("readout.reference", "readout.thresholds", "readout.source_share", "readout.calibrated"):
+        ckpt[k] = shipped[k]
+    with tempfile.TemporaryDirectory(prefix=f"mcdrl_check_{s}_") as tmp:
+        torch.save(ckpt, Path(tmp) / "model.pt")
+        net, post = build_bundle_network(str(REPO / "bundle/configs/inference.json"), Path(tmp) / "model.pt",
+                                         {"bundle_root": str(REPO / "bundle")})
+        threshold = float(net.presence_threshold)
+        spec = SITES[s]
+        frames = Path(tmp) / "frames"
+        frames.mkdir()
+        for i, case in enumerate(render_site(spec, n_profile, seed, "site_profile/profile")):
+            Image.fromarray(case.image).save(frames / f"{s}_{i:04d}.png")
+        profiles = {m: SiteProfiler(net, Path(tmp) / m, site=s, min_frames=30, threshold_method=m,
+                                    target_false_alarm=TARGETS["false_alarm_max"], lesion_free_share=share).run(frames)
+                    for m, share in (("mixture", None), ("lesion_free_share", _nominal_lesion_free_share(spec)))}
+    cases = render_site(spec, n_score, seed, "site_profile/score")
+    net.presence_threshold.fill_(0.0)  # gate open; each threshold is applied afterwards, as the evaluation does
+    records = score_images(net, [{"id": f"{s}_{i:05d}", "site": s, "lesion_class": c.lesion_class, "image": c.image,
+                                  "mask": c.mask > 0} for i, c in enumerate(cases)], post)
+    rows = {"uncalibrated": gated(records, threshold)}
+    for m, prof in profiles.items():
+        rows[f"profile: {m}"] = gated(records, prof["presence_threshold"]["value"])
+        rows[f"profile: {m}"]["sensitivity_drop"] = round(rows["uncalibrated"]["sensitivity"] - rows[f"profile: {m}"]["sensitivity"], 4)
+    rows["reference (labels)"] = best_threshold(records, TARGETS["false_alarm_max"])
+    return {"lesion_score_auc": round(auc(np.array([r["lesion_score"] for r in records]), np.array([r["lesion"] for r in records])), 4),
+            "rows": rows}
+
+
+def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--scratch", required=True)
     p.add_argument("--n_profile", type=int, default=60)
@@ -49,33 +81,8 @@ def main(argv: list[str] | None = None) -> int:
     shipped = torch.load(REPO / "bundle/models/model.pt", weights_only=True)
     out = {}
     for s in "ABCDE":
-        ckpt = torch.load(Path(a.scratch) / f"text_queries_{s}/models/model.pt", weights_only=True)
-        for k in ("readout.reference", "readout.thresholds", "readout.source_share", "readout.calibrated"):
-            ckpt[k] = shipped[k]
-        with tempfile.TemporaryDirectory(prefix=f"mcdrl_check_{s}_") as tmp:
-            torch.save(ckpt, Path(tmp) / "model.pt")
-            net, post = build_bundle_network(str(REPO / "bundle/configs/inference.json"), Path(tmp) / "model.pt",
-                                             {"bundle_root": str(REPO / "bundle")})
-            threshold = float(net.presence_threshold)
-            spec = SITES[s]
-            frames = Path(tmp) / "frames"
-            frames.mkdir()
-            for i, case in enumerate(render_site(spec, a.n_profile, a.seed, "site_profile/profile")):
-                Image.fromarray(case.image).save(frames / f"{s}_{i:04d}.png")
-            profiles = {m: SiteProfiler(net, Path(tmp) / m, site=s, min_frames=30, threshold_method=m,
-                                        target_false_alarm=TARGETS["false_alarm_max"], lesion_free_share=share).run(frames)
-                        for m, share in (("mixture", None), ("lesion_free_share", _nominal_lesion_free_share(spec)))}
-        cases = render_site(spec, a.n_score, a.seed, "site_profile/score")
-        net.presence_threshold.fill_(0.0)  # gate open; each threshold is applied afterwards, as the evaluation does
-        records = score_images(net, [{"id": f"{s}_{i:05d}", "site": s, "lesion_class": c.lesion_class, "image": c.image,
-                                      "mask": c.mask > 0} for i, c in enumerate(cases)], post)
-        rows = {"uncalibrated": gated(records, threshold)}
-        for m, prof in profiles.items():
-            rows[f"profile: {m}"] = gated(records, prof["presence_threshold"]["value"])
-            rows[f"profile: {m}"]["sensitivity_drop"] = round(rows["uncalibrated"]["sensitivity"] - rows[f"profile: {m}"]["sensitivity"], 4)
-        rows["reference (labels)"] = best_threshold(records, TARGETS["false_alarm_max"])
-        out[s] = {"lesion_score_auc": round(auc(np.array([r["lesion_score"] for r in records]), np.array([r["lesion"] for r in records])), 4),
-                  "rows": rows}
+        out[s] = check_site(s, Path(a.scratch) / f"text_queries_{s}/models/model.pt", shipped, a.n_profile, a.n_score, a.seed)
+        rows = out[s]["rows"]
         print(s, out[s]["lesion_score_auc"], json.dumps({k: (v["false_alarm_rate"], v["sensitivity"], v["threshold"]) for k, v in rows.items()}), flush=True)
     tmp = HERE / "profile_check.tmp"
     tmp.write_text(json.dumps({"n_profile": a.n_profile, "n_score": a.n_score, "seed": a.seed, "sites": out}, indent=1) + "\n")

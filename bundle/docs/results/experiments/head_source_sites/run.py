@@ -30,13 +30,16 @@ SITES = ("A", "B", "C", "D", "E")
 CLASSIFIERS = ("text_queries", "conv")
 
 
-def _train(classifier: str, held_out: str, run_dir: Path, epochs: int) -> float:
+def _train(classifier: str, held_out: str, run_dir: Path, epochs: int, overrides: dict | None = None) -> float:
+    """Trains on A-E minus ``held_out`` into ``run_dir``; ``overrides``: further config keys (as ``--key json``)."""
     train_sites = [s for s in SITES if s != held_out]
     cmd = [sys.executable, "-m", "monai.bundle", "run", "training",
            "--config_file", str(REPO / "bundle/configs/train.json"), "--meta_file", str(REPO / "bundle/configs/metadata.json"),
            "--bundle_root", str(REPO / "bundle"), "--train_sites", json.dumps(train_sites), "--max_epochs", str(epochs),
            "--decoder_classifier", json.dumps(classifier), "--ckpt_dir", str(run_dir / "models"),
            "--output_dir", str(run_dir / "run"), "--resume", "False"]
+    for key, value in (overrides or {}).items():
+        cmd += [f"--{key}", json.dumps(value)]
     t0 = time.time()
     with open(run_dir / "train.log", "w") as log:
         subprocess.run(cmd, check=True, stdout=log, stderr=subprocess.STDOUT, cwd=REPO)

@@ -39,7 +39,7 @@ from mcdrl.evaluation.confounder_readout import render_site
 from mcdrl.evaluation.scoring import build_bundle_network, score_images, write_json, write_report
 from mcdrl.paths import default_bundle_root, portable_command
 
-__all__ = ["TARGETS", "gated", "lesion_free_shift", "main"]
+__all__ = ["TARGETS", "best_threshold", "gated", "lesion_free_shift", "main", "nominal_lesion_free_share"]
 
 TARGETS = {"false_alarm_max": 0.20, "sensitivity_drop_max": 0.05}
 
@@ -84,7 +84,9 @@ def best_threshold(records: list[dict], false_alarm_max: float) -> dict:
     return gated(records, float("inf"))
 
 
-def _nominal_lesion_free_share(spec) -> float | None:
+def nominal_lesion_free_share(spec) -> float | None:
+    """The share of lesion-free frames that a generator site spec draws (its ``lesion_freqs["none"]`` over their sum):
+    what a user would state for the profile's ``lesion_free_share`` method; None if the spec has no frequencies."""
     freqs = getattr(spec, "lesion_freqs", None) or {}
     total = float(sum(freqs.values()))
     return float(freqs.get("none", 0.0)) / total if total > 0 else None
@@ -117,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
         net, [{"id": f"val_{i:05d}", "site": "A-E", "lesion_class": c.lesion_class, "image": c.image, "mask": c.mask > 0} for i, c in enumerate(source)], post)
     net.presence_threshold.fill_(model_threshold)
     for name, spec in (("F", SITES["F"]), ("G", NEW_SITE)):
-        share = _nominal_lesion_free_share(spec)
+        share = nominal_lesion_free_share(spec)
         profiles = {}
         with tempfile.TemporaryDirectory(prefix=f"mcdrl_profile_{name}_") as tmp:
             frames = Path(tmp) / "frames"

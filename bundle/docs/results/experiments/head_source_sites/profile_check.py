@@ -38,7 +38,7 @@ def check_site(s: str, model_path: Path, shipped: dict, n_profile: int = 60, n_s
     from mcdrl.evaluation.clip_probe import auc
     from mcdrl.evaluation.confounder_readout import render_site
     from mcdrl.evaluation.scoring import build_bundle_network, score_images
-    from mcdrl.evaluation.site_profile import TARGETS, _nominal_lesion_free_share, best_threshold, gated
+    from mcdrl.evaluation.site_profile import TARGETS, best_threshold, gated, nominal_lesion_free_share
     from mcdrl.io.site_profile import SiteProfiler
     from mcdrl.synthetic import SITES
 
@@ -57,7 +57,7 @@ def check_site(s: str, model_path: Path, shipped: dict, n_profile: int = 60, n_s
             Image.fromarray(case.image).save(frames / f"{s}_{i:04d}.png")
         profiles = {m: SiteProfiler(net, Path(tmp) / m, site=s, min_frames=30, threshold_method=m,
                                     target_false_alarm=TARGETS["false_alarm_max"], lesion_free_share=share).run(frames)
-                    for m, share in (("mixture", None), ("lesion_free_share", _nominal_lesion_free_share(spec)))}
+                    for m, share in (("mixture", None), ("lesion_free_share", nominal_lesion_free_share(spec)))}
     cases = render_site(spec, n_score, seed, "site_profile/score")
     net.presence_threshold.fill_(0.0)  # gate open; each threshold is applied afterwards, as the evaluation does
     records = score_images(net, [{"id": f"{s}_{i:05d}", "site": s, "lesion_class": c.lesion_class, "image": c.image,

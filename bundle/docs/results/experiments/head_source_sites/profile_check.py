@@ -34,7 +34,7 @@ REPO = HERE.parents[4]
 
 def check_site(s: str, model_path: Path, shipped: dict, n_profile: int = 60, n_score: int = 300, seed: int = 23) -> dict:
     """One held-out source site S read by the model at ``model_path`` (trained without S): the lesion score's AUC and
-    the presence rows (uncalibrated, each profile, the label-reading reference) on S's 300 scored frames."""
+    the presence rows (uncalibrated, each profile, the label-reading reference) on S's ``n_score`` scored frames."""
     from mcdrl.evaluation.clip_probe import auc
     from mcdrl.evaluation.confounder_readout import render_site
     from mcdrl.evaluation.scoring import build_bundle_network, score_images

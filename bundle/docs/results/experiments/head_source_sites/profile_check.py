@@ -32,9 +32,12 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[4]
 
 
-def check_site(s: str, model_path: Path, shipped: dict, n_profile: int = 60, n_score: int = 300, seed: int = 23) -> dict:
+def check_site(s: str, model_path: Path, shipped: dict, n_profile: int = 60, n_score: int = 300, seed: int = 23,
+               overrides: dict | None = None) -> dict:
     """One held-out source site S read by the model at ``model_path`` (trained without S): the lesion score's AUC and
-    the presence rows (uncalibrated, each profile, the label-reading reference) on S's ``n_score`` scored frames."""
+    the presence rows (uncalibrated, each profile, the label-reading reference) on S's ``n_score`` scored frames.
+    ``overrides``: config keys of the model's training that the network reads (``tau`` sets the lesion score's
+    temperature, and the stored threshold is on that score)."""
     from mcdrl.evaluation.clip_probe import auc
     from mcdrl.evaluation.confounder_readout import render_site
     from mcdrl.evaluation.scoring import build_bundle_network, score_images
@@ -48,7 +51,7 @@ def check_site(s: str, model_path: Path, shipped: dict, n_profile: int = 60, n_s
     with tempfile.TemporaryDirectory(prefix=f"mcdrl_check_{s}_") as tmp:
         torch.save(ckpt, Path(tmp) / "model.pt")
         net, post = build_bundle_network(str(REPO / "bundle/configs/inference.json"), Path(tmp) / "model.pt",
-                                         {"bundle_root": str(REPO / "bundle")})
+                                         {"bundle_root": str(REPO / "bundle"), **(overrides or {})})
         threshold = float(net.presence_threshold)
         spec = SITES[s]
         frames = Path(tmp) / "frames"

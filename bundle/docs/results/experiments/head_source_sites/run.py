@@ -46,11 +46,13 @@ def _train(classifier: str, held_out: str, run_dir: Path, epochs: int, overrides
     return time.time() - t0
 
 
-def _score(classifier: str, held_out: str, run_dir: Path) -> dict:
+def _score(classifier: str, held_out: str, run_dir: Path, overrides: dict | None = None) -> dict:
+    """The model in ``run_dir`` segments all 600 frames of ``held_out``; ``overrides``: the training's further keys
+    (those that the network reads, such as ``tau``, must be the training's)."""
     from mcdrl.evaluation.scoring import build_bundle_network, load_labelled_images, score_images, summarise
 
     net, post = build_bundle_network(str(REPO / "bundle/configs/train.json"), run_dir / "models/model.pt",
-                                     {"bundle_root": str(REPO / "bundle"), "decoder_classifier": classifier})
+                                     {"bundle_root": str(REPO / "bundle"), "decoder_classifier": classifier, **(overrides or {})})
     datalist = REPO / "data/synthetic/datalist.json"
     frames = [f for split in ("training", "validation") for f in load_labelled_images(datalist, split, [held_out])]
     return summarise(score_images(net, frames, post))

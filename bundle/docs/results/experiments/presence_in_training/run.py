@@ -25,6 +25,10 @@ added. The model is then read at S by the two scripts that read the baseline (th
   sensitivity at the stored threshold, with each site profile's threshold (60 other frames), and the label-reading
   reference.
 
+Both reads build the network with the variant's keys too: ``tau`` is the lesion score's temperature, and the stored
+threshold is on that score (run 1's keys do not reach the network, so its reads are the baseline's). A fold whose
+training finished but whose reads were interrupted keeps its model (``training_reused``; ``train_s`` from its log).
+
 No frame of F, G or any other site is read. Writes ``runs.json`` beside this file (one record per variant and fold;
 finished ones are kept, so the script resumes). The rule that reads it is in ``README.md``, committed before any
 fold ran.
@@ -62,6 +66,18 @@ def _load(name: str):
     return mod
 
 
+def _finished(run_dir: Path) -> float | None:
+    """The training time (s) of a training that finished in ``run_dir`` before its reads were interrupted (its log's
+    last "training took" line, and its ``model.pt``), else None: the fold is trained (again) from the start."""
+    log, model = run_dir / "train.log", run_dir / "models/model.pt"
+    if not (log.exists() and model.exists()):
+        return None
+    took = [line for line in log.read_text().splitlines() if "training took" in line]
+    if not took or "Engine run finished" not in log.read_text():
+        return None
+    return float(took[-1].split("training took ")[1].split(" s")[0])
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--scratch", required=True, help="weights and logs of the runs (not kept in git)")
@@ -79,11 +95,16 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             run_dir = Path(args.scratch) / f"{variant}_{held_out}"
             run_dir.mkdir(parents=True, exist_ok=True)
-            train_s = head_run._train("text_queries", held_out, run_dir, args.epochs, VARIANTS[variant])
-            rec = {"variant": variant, "overrides": VARIANTS[variant], "held_out": held_out, "epochs": args.epochs,
-                   "seed": 0, "train_s": round(train_s, 1),
-                   "held_out_source_site": head_run._score("text_queries", held_out, run_dir),
-                   "presence": profile_check.check_site(held_out, run_dir / "models/model.pt", shipped)}
+            overrides = VARIANTS[variant]
+            train_s = _finished(run_dir)
+            reused = train_s is not None
+            if not reused:
+                train_s = head_run._train("text_queries", held_out, run_dir, args.epochs, overrides)
+            # the reads build the network with the training's keys: tau is the lesion score's temperature
+            rec = {"variant": variant, "overrides": overrides, "held_out": held_out, "epochs": args.epochs,
+                   "seed": 0, "train_s": round(train_s, 1), "training_reused": reused,
+                   "held_out_source_site": head_run._score("text_queries", held_out, run_dir, overrides),
+                   "presence": profile_check.check_site(held_out, run_dir / "models/model.pt", shipped, overrides=overrides)}
             runs.append(rec)
             tmp = out.with_suffix(".tmp")
             tmp.write_text(json.dumps(runs, indent=1) + "\n")

@@ -72,8 +72,9 @@ def _finished(run_dir: Path) -> float | None:
     log, model = run_dir / "train.log", run_dir / "models/model.pt"
     if not (log.exists() and model.exists()):
         return None
-    took = [line for line in log.read_text().splitlines() if "training took" in line]
-    if not took or "Engine run finished" not in log.read_text():
+    text = log.read_text()
+    took = [line for line in text.splitlines() if "training took" in line]
+    if not took or "Engine run finished" not in text:
         return None
     return float(took[-1].split("training took ")[1].split(" s")[0])
 

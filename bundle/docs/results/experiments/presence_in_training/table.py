@@ -16,6 +16,8 @@ HERE = Path(__file__).resolve().parent
 SITES = ("A", "B", "C", "D", "E")
 TARGET_FA, TARGET_DROP = 0.20, 0.05
 DICE_TOLERANCE = 0.01
+# each run's rule reads only its own variants: run 1's are not candidates again in run 2
+RUNS = {"run 1": ("contrast_1", "contrast_1_backbone_0.1"), "run 2": ("contrast_1_tau_0.07",)}
 
 
 def _baseline() -> dict:
@@ -56,13 +58,15 @@ def main() -> int:
         print(f"| {name} | " + " / ".join(f"{v:.3f}" for v in auc) + f" | {auc.mean():.3f} | "
               + ("-" if first else f"{gain.mean():+.3f} ({gain.std(ddof=1):.3f})") + " | "
               + " / ".join(f"{v:.3f}" for v in dice) + f" | {dice.mean():.3f} | " + ("-" if first else f"{ddice.mean():+.3f} ({ddice.std(ddof=1):.3f})") + " |")
-    done = [k for k in rows if not k.startswith("baseline")]
-    if done:
+    for run, names in RUNS.items():
+        done = [k for k in names if k in rows]
+        if not done:
+            continue
         cand = max(done, key=lambda k: np.mean([rows[k][s]["auc"] for s in SITES]))
         gain = np.array([rows[cand][s]["auc"] - base[s]["auc"] for s in SITES])
         ddice = np.mean([rows[cand][s]["dice"] for s in SITES]) - np.mean([base[s]["dice"] for s in SITES])
         wins = gain.mean() > 0 and gain.mean() > gain.std(ddof=1) and ddice >= -DICE_TOLERANCE
-        print(f"\ncandidate: {cand}; mean AUC gain {gain.mean():+.4f}, per-fold std {gain.std(ddof=1):.4f}; "
+        print(f"\n{run}: candidate {cand}; mean AUC gain {gain.mean():+.4f}, per-fold std {gain.std(ddof=1):.4f}; "
               f"mean Dice change {ddice:+.4f} -> {'replaces the shipped keys' if wins else 'does not replace the shipped keys'}\n")
     print("| model | held-out source site | validator's threshold | profile: mixture (drop) | ceiling at <= 20% | both targets (mixture) |")
     print("|---|---|---|---|---|---|")

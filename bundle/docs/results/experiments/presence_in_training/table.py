@@ -21,7 +21,8 @@ RUNS = {"run 1": ("contrast_1", "contrast_1_backbone_0.1"), "run 2": ("contrast_
 
 
 def _baseline() -> dict:
-    """The shipped keys' fold models, as ``../head_source_sites/`` read them: {site: {"auc", "dice", "presence"}}."""
+    """The shipped keys' fold models, as ``../head_source_sites/`` read them:
+    {site: {"auc", "dice", "held_out_source_site", "rows"}}."""
     base = HERE.parent / "head_source_sites"
     runs = {r["held_out"]: r for r in json.loads((base / "runs.json").read_text()) if r["classifier"] == "text_queries"}
     check = json.loads((base / "profile_check.json").read_text())["sites"]
@@ -30,7 +31,8 @@ def _baseline() -> dict:
 
 
 def _variants() -> dict:
-    """{variant: {site: {"auc", "dice", "held_out_source_site", "rows"}}}, complete variants only."""
+    """{variant: {site: {"auc", "dice", "held_out_source_site", "rows"}}} for every fold recorded so far; ``main``
+    leaves a variant without all five folds out of the rule."""
     out: dict = {}
     for r in json.loads((HERE / "runs.json").read_text()):
         out.setdefault(r["variant"], {})[r["held_out"]] = {

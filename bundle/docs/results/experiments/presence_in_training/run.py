@@ -79,30 +79,26 @@ def _finished(run_dir: Path) -> float | None:
     return float(took[-1].split("training took ")[1].split(" s")[0])
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--scratch", required=True, help="weights and logs of the runs (not kept in git)")
-    p.add_argument("--variants", nargs="+", default=list(VARIANTS)[:2], choices=list(VARIANTS), help="default: run 1's two")
-    p.add_argument("--epochs", type=int, default=2)
-    args = p.parse_args(argv)
+def run_variants(variants: dict[str, dict], out: Path, scratch: Path, epochs: int = 2) -> list[dict]:
+    """Trains and reads each variant (its overrides of ``train.json``) at each of the five folds, into ``out`` (a JSON
+    list, rewritten atomically after every fold; folds already in it are kept, so a second call resumes).
+    ``../pixel_pathway/run.py`` calls it with its own variants."""
     head_run, profile_check = _load("run"), _load("profile_check")
     shipped = torch.load(REPO / "bundle/models/model.pt", weights_only=True)
-    out = HERE / "runs.json"
     runs = json.loads(out.read_text()) if out.exists() else []
     done = {(r["variant"], r["held_out"]) for r in runs}
-    for variant in args.variants:
+    for variant, overrides in variants.items():
         for held_out in SITES:
             if (variant, held_out) in done:
                 continue
-            run_dir = Path(args.scratch) / f"{variant}_{held_out}"
+            run_dir = Path(scratch) / f"{variant}_{held_out}"
             run_dir.mkdir(parents=True, exist_ok=True)
-            overrides = VARIANTS[variant]
             train_s = _finished(run_dir)
             reused = train_s is not None
             if not reused:
-                train_s = head_run._train("text_queries", held_out, run_dir, args.epochs, overrides)
+                train_s = head_run._train("text_queries", held_out, run_dir, epochs, overrides)
             # the reads build the network with the training's keys: tau is the lesion score's temperature
-            rec = {"variant": variant, "overrides": overrides, "held_out": held_out, "epochs": args.epochs,
+            rec = {"variant": variant, "overrides": overrides, "held_out": held_out, "epochs": epochs,
                    "seed": 0, "train_s": round(train_s, 1), "training_reused": reused,
                    "held_out_source_site": head_run._score("text_queries", held_out, run_dir, overrides),
                    "presence": profile_check.check_site(held_out, run_dir / "models/model.pt", shipped, overrides=overrides)}
@@ -112,6 +108,16 @@ def main(argv: list[str] | None = None) -> int:
             os.replace(tmp, out)
             print(json.dumps({k: rec[k] for k in ("variant", "held_out", "train_s")}), rec["presence"]["lesion_score_auc"],
                   rec["held_out_source_site"]["dice"], flush=True)
+    return runs
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--scratch", required=True, help="weights and logs of the runs (not kept in git)")
+    p.add_argument("--variants", nargs="+", default=list(VARIANTS)[:2], choices=list(VARIANTS), help="default: run 1's two")
+    p.add_argument("--epochs", type=int, default=2)
+    args = p.parse_args(argv)
+    run_variants({v: VARIANTS[v] for v in args.variants}, HERE / "runs.json", Path(args.scratch), args.epochs)
     return 0
 
 

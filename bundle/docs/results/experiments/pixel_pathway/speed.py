@@ -3,9 +3,11 @@ ViT-B/16 at batch 1 and 8), interleaved, with the speed wing's helpers and rando
 ones), as ``../head_0.9.2/speed_heads.py`` measured the heads; and each variant's FLOPs for one training step (batch 8
 at 224 px, forward and backward, ``torch.utils.flop_counter``), which no other load on the machine changes.
 
-    PYTHONPATH=custom python bundle/docs/results/experiments/pixel_pathway/speed.py ViT-B-16 9 OUT.json
+    PYTHONPATH=custom python bundle/docs/results/experiments/pixel_pathway/speed.py mcdrl-demo-vit 9 speed_demo.json
+    PYTHONPATH=custom python bundle/docs/results/experiments/pixel_pathway/speed.py ViT-B-16 9 speed_vitb16.json
 
-Time it on idle cores only; the FLOPs are exact anywhere.
+The rule reads the demo CLIP's FLOPs (the model that ``compare`` trains; the cost bound) and ViT-B/16's ratios (the
+speed bound). Time it on idle cores only; the FLOPs are exact anywhere.
 """
 import importlib.util
 import json
@@ -25,6 +27,7 @@ run = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(run)
 # the network's keys only (the loss weights do not change a forward)
 variants = {"shipped": {}, **{k: {x: y for x, y in v.items() if x.startswith("decoder_")} for k, v in run.VARIANTS.items()}}
+over_cost = run.OVER_COST  # FLOPs only: they are not candidates
 
 
 def train_step_gflops(net, size: int = 224, batch: int = 8) -> float:
@@ -43,7 +46,8 @@ nets = {k: random_network(model, **v) for k, v in variants.items()}
 ref = nets["shipped"]
 s, size = ref.image_size, frame_size(model)
 rows = [{"model": model, "train_step_gflops_batch8_224": {k: train_step_gflops(n) for k, n in nets.items()},
-         "parameters_m": {k: round(sum(p.numel() for p in n.parameters()) / 1e6, 3) for k, n in nets.items()}}]
+         "parameters_m": {k: round(sum(p.numel() for p in n.parameters()) / 1e6, 3) for k, n in nets.items()},
+         "over_cost_train_step_gflops_batch8_224": {k: train_step_gflops(random_network(model, **v)) for k, v in over_cost.items()}}]
 print(json.dumps(rows[0]), flush=True)
 for b in (1, 8):
     x = torch.rand(b, 3, size, size)

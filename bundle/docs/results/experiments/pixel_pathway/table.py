@@ -44,7 +44,7 @@ def _speed() -> tuple[dict, dict]:
         rows = [r for r in json.loads(path.read_text()) if "batch" in r]
         names = {k[: -len("_over_visual")] for r in rows for k in r if k.endswith("_over_visual")}
         ratio = {n: max(r[f"{n}_over_visual"] for r in rows) for n in names}
-    path = HERE / "speed_demo.json"
+    path = HERE / "speed_demo.json" if (HERE / "speed_demo.json").exists() else HERE / "flops_demo.json"
     if path.exists():
         flops = json.loads(path.read_text())[0]["train_step_gflops_batch8_224"]
         cost = {n: v / flops["shipped"] for n, v in flops.items()}

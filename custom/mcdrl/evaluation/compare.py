@@ -57,7 +57,7 @@ __all__ = ["dg_efficiency", "main", "unet_cut_short"]
 
 
 #: the UNet's training stops only past budget x this: its epochs are chosen to fit the budget by one timed epoch, and
-#: the epochs of a longer run take a few percent longer than that one (164 s on average against a timed 152 s, on
+#: the epochs of a longer run take a few percent longer than that one (160-177 s against a timed 152 s, on
 #: 2026-12-07), so a stop at the budget itself cut the schedule before its end and left the UNet unannealed
 BUDGET_TOLERANCE = 1.1
 

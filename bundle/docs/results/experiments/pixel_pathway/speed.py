@@ -3,9 +3,14 @@ ViT-B/16 at batch 1 and 8), interleaved, with the speed wing's helpers and rando
 ones), as ``../head_0.9.2/speed_heads.py`` measured the heads; and each variant's FLOPs for one training step (batch 8
 at 224 px, forward and backward, ``torch.utils.flop_counter``), which no other load on the machine changes.
 
-    PYTHONPATH=custom python bundle/docs/results/experiments/pixel_pathway/speed.py ViT-B-16 9 OUT.json
+    PYTHONPATH=custom python bundle/docs/results/experiments/pixel_pathway/speed.py mcdrl-demo-vit 9 speed_demo.json
+    PYTHONPATH=custom python bundle/docs/results/experiments/pixel_pathway/speed.py ViT-B-16 9 speed_vitb16.json
 
-Time it on idle cores only; the FLOPs are exact anywhere.
+The rule reads the demo CLIP's FLOPs (the model that ``compare`` trains; the cost bound) and ViT-B/16's ratios (the
+speed bound). Time it on idle cores only; the FLOPs are exact anywhere. With ``--flops_only`` (any load) it writes the
+FLOPs row alone, with the MONAI UNet's step beside it; ``flops_demo.json`` is that output, the README's cost figures:
+
+    PYTHONPATH=custom python bundle/docs/results/experiments/pixel_pathway/speed.py mcdrl-demo-vit 0 flops_demo.json --flops_only
 """
 import importlib.util
 import json
@@ -25,6 +30,7 @@ run = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(run)
 # the network's keys only (the loss weights do not change a forward)
 variants = {"shipped": {}, **{k: {x: y for x, y in v.items() if x.startswith("decoder_")} for k, v in run.VARIANTS.items()}}
+over_cost = run.OVER_COST  # FLOPs only: they are not candidates
 
 
 def train_step_gflops(net, size: int = 224, batch: int = 8) -> float:
@@ -38,14 +44,31 @@ def train_step_gflops(net, size: int = 224, batch: int = 8) -> float:
     return round(fc.get_total_flops() / 1e9, 1)
 
 
+def unet_train_step_gflops(size: int = 224, batch: int = 8) -> float:
+    """The same for the MONAI UNet that ``compare`` trains (``train.json`` + ``unet.json``)."""
+    from monai.bundle import ConfigParser
+
+    configs = REPO / "bundle/configs"
+    parser = ConfigParser()
+    parser.read_config([str(configs / "train.json"), str(configs / "unet.json")])
+    parser["bundle_root"] = str(REPO / "bundle")
+    net = parser.get_parsed_content("network_def").train()
+    with FlopCounterMode(display=False) as fc:
+        net(torch.rand(batch, 3, size, size)).float().sum().backward()
+    return round(fc.get_total_flops() / 1e9, 1)
+
+
+REPO = Path(__file__).resolve().parents[5]
 model, rounds, out_path = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 nets = {k: random_network(model, **v) for k, v in variants.items()}
 ref = nets["shipped"]
 s, size = ref.image_size, frame_size(model)
 rows = [{"model": model, "train_step_gflops_batch8_224": {k: train_step_gflops(n) for k, n in nets.items()},
-         "parameters_m": {k: round(sum(p.numel() for p in n.parameters()) / 1e6, 3) for k, n in nets.items()}}]
+         "parameters_m": {k: round(sum(p.numel() for p in n.parameters()) / 1e6, 3) for k, n in nets.items()},
+         "over_cost_train_step_gflops_batch8_224": {k: train_step_gflops(random_network(model, **v)) for k, v in over_cost.items()},
+         "monai_unet_train_step_gflops_batch8_224": unet_train_step_gflops()}]
 print(json.dumps(rows[0]), flush=True)
-for b in (1, 8):
+for b in () if "--flops_only" in sys.argv else (1, 8):
     x = torch.rand(b, 3, size, size)
     xn = ref.backbone.normalize(torch.rand(b, 3, s, s))
     fns = {"visual": lambda: ref.backbone.visual(xn), **{k: (lambda n=n: n(x)) for k, n in nets.items()}}

@@ -1,5 +1,5 @@
 """The README's tables and the rule's decision, from ``runs.json``, the baseline's rows in
-``../presence_in_training/runs.json`` (``contrast_1_tau_0.07``) and ``speed.json`` (``speed.py``'s output, if it ran):
+``../presence_in_training/runs.json`` (``contrast_1_tau_0.07``) and ``speed.py``'s outputs (if it ran):
 Dice on the 600 frames of each held-out source site, Dice on its lesion frames, the lesion score's AUC, and the
 small-lesion sensitivity, false alarms and training time per fold.
 
@@ -16,7 +16,7 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 SITES = ("A", "B", "C", "D", "E")
 BASELINE = "contrast_1_tau_0.07"
-AUC_TOLERANCE, SPEED_BOUND = 0.01, 1.2
+AUC_TOLERANCE, SPEED_BOUND, COST_BOUND = 0.01, 1.2, 1.3
 
 
 def _folds(path: Path, keep) -> dict:
@@ -34,14 +34,21 @@ def _figures(rec: dict) -> dict:
             "small": h["sensitivity_small"], "fa": h["false_alarm_rate"], "sens": h["sensitivity"], "train_s": rec["train_s"]}
 
 
-def _speed() -> dict:
-    """{variant: worst eval-forward ratio over the bare CLIP at batch 1 and 8}, from ``speed.json`` (empty if absent)."""
-    path = HERE / "speed.json"
-    if not path.exists():
-        return {}
-    rows = [r for r in json.loads(path.read_text()) if "batch" in r]
-    names = {k[: -len("_over_visual")] for r in rows for k in r if k.endswith("_over_visual")}
-    return {n: max(r[f"{n}_over_visual"] for r in rows) for n in names}
+def _speed() -> tuple[dict, dict]:
+    """({variant: worst ViT-B/16 eval-forward ratio over the bare CLIP at batch 1 and 8}, {variant: training-step FLOPs
+    with the demo CLIP / the shipped head's}), from ``speed.py``'s ``speed_vitb16.json`` and ``speed_demo.json``
+    (empty where it has not run)."""
+    ratio, cost = {}, {}
+    path = HERE / "speed_vitb16.json"
+    if path.exists():
+        rows = [r for r in json.loads(path.read_text()) if "batch" in r]
+        names = {k[: -len("_over_visual")] for r in rows for k in r if k.endswith("_over_visual")}
+        ratio = {n: max(r[f"{n}_over_visual"] for r in rows) for n in names}
+    path = HERE / "speed_demo.json" if (HERE / "speed_demo.json").exists() else HERE / "flops_demo.json"
+    if path.exists():
+        flops = json.loads(path.read_text())[0]["train_step_gflops_batch8_224"]
+        cost = {n: v / flops["shipped"] for n, v in flops.items()}
+    return ratio, cost
 
 
 def main() -> int:
@@ -74,15 +81,17 @@ def main() -> int:
         return 0
     cand = max(candidates, key=lambda k: summary[k][0].mean())
     gain, lesion_gain, auc_change = summary[cand]
-    speed = _speed().get(cand)
+    ratios, costs = _speed()
+    speed, cost = ratios.get(cand), costs.get(cand)
     checks = {"Dice gain > per-fold std": gain.mean() > 0 and gain.mean() > gain.std(ddof=1),
               "lesion-frame Dice gains": lesion_gain > 0,
               f"AUC within {AUC_TOLERANCE}": auc_change >= -AUC_TOLERANCE,
+              f"training step <= {COST_BOUND} x the shipped (FLOPs, demo CLIP)": None if cost is None else cost <= COST_BOUND,
               f"ViT-B/16 eval forward <= {SPEED_BOUND} x CLIP": None if speed is None else speed <= SPEED_BOUND}
     verdict = ("replaces the shipped head" if all(checks.values()) else
                "does not replace the shipped head" if any(v is False for v in checks.values()) else "waits for speed.py")
     print(f"\ncandidate {cand}: mean Dice gain {gain.mean():+.4f} (per-fold std {gain.std(ddof=1):.4f}), lesion-frame Dice "
-          f"{lesion_gain:+.4f}, AUC {auc_change:+.4f}, speed {speed if speed is not None else 'not measured'}; "
+          f"{lesion_gain:+.4f}, AUC {auc_change:+.4f}, cost {'?' if cost is None else f'{cost:.2f}'}, speed {'?' if speed is None else speed}; "
           + "; ".join(f"{k}: {'yes' if v else 'no' if v is False else '?'}" for k, v in checks.items()) + f" -> {verdict}")
     return 0
 

@@ -95,6 +95,16 @@ def test_compare_oracle_rows_train_on_the_held_out_site_and_give_the_dg_efficien
     # each oracle takes as many steps as the model it bounds: here as many training frames, so the same epochs
     assert doc["oracle_training"]["MONAI UNet (same wall time)"]["steps_matched_epochs"] == 1
     assert "DG efficiency" in (tmp_path / "out" / "compare.md").read_text()
+    # re-scoring (--skip_training) reuses both oracles and still reports how long each trained
+    again = _run("mcdrl.evaluation.compare", [*args, "--heldout_split", "validation", "--oracle", str(data), "--skip_training"])
+    assert again.returncode == 0, again.stdout[-2000:] + again.stderr[-3000:]
+    reused = json.loads((tmp_path / "out" / "compare.json").read_text())["oracle_training"]
+    for model, rec in doc["oracle_training"].items():
+        assert reused[model]["reused"] == "--skip_training"
+        assert (reused[model]["epochs"], reused[model]["seconds"], reused[model]["steps_matched_epochs"]) == \
+            (rec["epochs"], rec["seconds"], rec["steps_matched_epochs"])
+    epochs = [doc["oracle_training"][m]["epochs"] for m in ("shipped MCDRL", "MONAI UNet (same wall time)")]
+    assert f"oracle MCDRL {epochs[0]} epochs; oracle UNet {epochs[1]} epochs." in (tmp_path / "out" / "compare.md").read_text()
 
 
 def test_compare_gives_the_unet_as_many_epochs_as_fit_the_budget(tiny_bundle, tmp_path):

@@ -196,9 +196,11 @@ def main(argv: list[str] | None = None) -> int:
             epochs = max(1, round(epochs * ratio)) if epochs else None
             if not (a.skip_training and (run / "models" / "model.pt").is_file()):
                 oracle_records[name] = _train_unet(configs, bundle, run, None, [*extra, *(["--max_epochs", str(epochs)] if epochs else [])], variants)
-                oracle_records[name]["steps_matched_epochs"] = epochs
-            models_files = [str(configs / "train.json"), *[str(configs / v) for v in variants]]
-            oracle_records.setdefault(name, {"reused": "--skip_training"})["files"] = models_files
+            else:  # re-scoring: the oracle's own run says how long it trained
+                timing = run / "run" / "training_time.json"
+                oracle_records[name] = {**(json.loads(timing.read_text()) if timing.is_file() else {}), "reused": "--skip_training"}
+            oracle_records[name]["steps_matched_epochs"] = epochs
+            oracle_records[name]["files"] = [str(configs / "train.json"), *[str(configs / v) for v in variants]]
     images = {"validation (source sites)": load_labelled_images(datalist, "validation"),
               "held-out site": load_labelled_images(heldout, a.heldout_split)}
     if a.new_site_frames > 0:

@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 export HF_HUB_OFFLINE := 1
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: install demo test bundle regenerate regenerate-model demo-results model-reports monailabel-env monailabel-app clean onnx engine-dice bench
+.PHONY: install demo test bundle regenerate regenerate-model demo-results model-reports monailabel-env monailabel-app clean onnx engine-dice bench bench-dice
 
 $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -104,3 +104,8 @@ engine-dice: $(STAMP) data/synthetic/datalist.json data/heldout_F/datalist.json
 ## make bench: every figure of bundle/docs/results/bench.md (the engines' Dice, then the timings, interleaved)
 bench: engine-dice
 	$(PY) -m mcdrl.evaluation.speed
+
+## make bench-dice: after a retrain of the same network, the engines' Dice again, into bench.* with its timings kept
+## (they run on random weights); the page says when the Dice were read. A changed network needs the full make bench.
+bench-dice: engine-dice
+	$(PY) -m mcdrl.evaluation.speed --dice-only

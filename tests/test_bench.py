@@ -364,6 +364,38 @@ def test_engine_dice_reads_the_evaluations(tmp_path):
     assert report.engine_dice(tmp_path / "none") == {}
 
 
+def test_dice_only_reads_new_engine_dice_into_the_report_and_keeps_its_timings(tmp_path):
+    """After a retrain of the same network, `speed --dice-only` replaces the engines' Dice and the int8 Dice cost in
+    bench.json/bench.md, keeps every timing, and says on the page when the Dice were read; it refuses a pending
+    report (nothing to keep) and a missing engine-dice folder, naming the file."""
+    old = report.finish(_result({"torch": {"train_sites": 0.700, "heldout_F": 0.400}, "onnxruntime-int8": {"train_sites": 0.698, "heldout_F": 0.393}}))
+    out, md = tmp_path / "bench.json", tmp_path / "bench.md"
+    report.write(old, out, md)
+    for engine, values in (("torch", (0.71, 0.45)), ("onnxruntime-int8", (0.709, 0.449))):
+        for name, value in zip(("train_sites", "heldout_F"), values):
+            (tmp_path / f"engine_{engine}" / name).mkdir(parents=True)
+            (tmp_path / f"engine_{engine}" / name / "metrics.csv").write_text(f"val_mean_dice\t{value}\nval_mean_iou\t0.5\n")
+    cmd = [PYTHON, "-m", "mcdrl.evaluation.speed", "--dice-only", "--output", str(out), "--markdown", str(md)]
+    proc = subprocess.run([*cmd, "--dice-dir", str(tmp_path)], cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    new = json.loads(out.read_text())
+    assert new["dice"]["torch"] == {"train_sites": 0.71, "heldout_F": 0.45}
+    assert new["headline"]["int8_dice_cost_points"] == pytest.approx(0.1) and new["targets"]["int8_dice_cost_points"]["met"] == "met"
+    for key in ("forward", "train_step", "folder", "rss", "date", "command", "machine"):
+        assert new[key] == old[key], key
+    assert {k: v for k, v in new["headline"].items() if k != "int8_dice_cost_points"} == \
+        {k: v for k, v in old["headline"].items() if k != "int8_dice_cost_points"}
+    page = md.read_text()
+    assert "| torch | 0.7100 | 0.4500 |" in page and f"read on {new['dice_read']['date']}" in page
+    assert "the timings are still those of today" in page and "--dice-only" in new["dice_read"]["command"]
+    bad = subprocess.run([*cmd, "--dice-dir", str(tmp_path / "none")], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert bad.returncode != 0 and "make engine-dice" in bad.stderr and str(out) in bad.stderr
+    report.write(report.pending("the head changes", "make bench"), out, None)
+    bad = subprocess.run([*cmd, "--dice-dir", str(tmp_path)], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert bad.returncode != 0 and "pending" in bad.stderr
+
+
 def test_peak_rss_probe_is_not_inflated_by_a_large_parent():
     """The probe measures a fresh process: 1 GiB held by the parent changes its figure by far less than 1 GiB."""
     alone = peak_rss_mb(TINY)

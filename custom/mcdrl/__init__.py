@@ -12,7 +12,7 @@ The package is arranged in wings, as MONAI is; each wing imports only the ones b
 * :mod:`mcdrl.demo`, and below everything :mod:`mcdrl.errors`, :mod:`mcdrl.paths`, :mod:`mcdrl.utils`
 """
 
-__version__ = "0.9.8"
+__version__ = "0.9.9"
 
 import importlib as _importlib
 import sys as _sys

@@ -92,6 +92,10 @@ def to_markdown(r: dict) -> str:
         m = r["machine"]
         lines += [f"Main model {r['main_model']}. Measured by `{r['command']}` on {r['date']}: {m['cpu']}, {m['usable_cores']} usable cores, torch {m['torch']} "
                   f"({m['torch_threads']} threads), load average before {m['load_average']} and after {m['load_average_after']}.", ""]
+        if r.get("dice_read"):
+            lines += [f"The engines' Dice (the last table and the int8 Dice cost) are the shipped weights' of {r['dice_read']['date']}, read by "
+                      f"`{r['dice_read']['command']}` after `make engine-dice`; the timings are still those of {r['date']}, which use random "
+                      "CLIP and head weights, so a retrain does not change them.", ""]
     lines += ["The command that produces every figure on this page (the engines' Dice first, then the timings; random CLIP weights "
               "time the same as trained ones):", "", "    make bench", "",
               "Ratios are medians of per-round ratios: each round runs every candidate once, in a rotating order, so load from "
@@ -127,7 +131,8 @@ def to_markdown(r: dict) -> str:
                      f"{fmt(ips.get('onnxruntime'))} | {fmt(ips.get('onnxruntime-int8'))} | {fmt(f['folder_over_bare'], 2)} | "
                      f"{fmt(f.get('onnxruntime_over_torch'), 2)} | {fmt(f.get('onnxruntime-int8_over_torch'), 2)} |")
     dice = r.get("dice") or {}
-    lines += ["", "Mean Dice of the shipped model by engine (`make engine-dice`):", ""]
+    lines += ["", "Mean Dice of the shipped model by engine (`make engine-dice`"
+              + (f", read on {r['dice_read']['date']}" if r.get("dice_read") else "") + "):", ""]
     if dice:
         lines += ["| engine | " + " | ".join(DICE_SETS.values()) + " |", "|---|" + "---|" * len(DICE_SETS)]
         lines += [f"| {e} | " + " | ".join(fmt(v.get(s), 4) for s in DICE_SETS) + " |" for e, v in dice.items()]
@@ -136,6 +141,18 @@ def to_markdown(r: dict) -> str:
     if r.get("machine"):
         lines += ["", "## Machine", "", "```", json.dumps(r["machine"], indent=1), "```"]
     return "\n".join(lines) + "\n"
+
+
+def with_new_dice(previous: dict, dice: dict, command: str, date: str) -> dict:
+    """``previous`` (a finished report with timings) with the engines' Dice replaced by ``dice`` and its headline and
+    targets recomputed; ``dice_read`` says when and by what the Dice were read. The timings run on random weights, so
+    they stay valid for retrained weights of the same network; the Dice do not."""
+    if previous.get("pending") or not previous.get("forward"):
+        raise ValueError("no timings to keep: the report is pending or empty; run the full `make bench`")
+    if not dice:
+        raise ValueError("no engine Dice found: run `make engine-dice` first")
+    kept = {k: v for k, v in previous.items() if k not in ("headline", "targets", "dice", "dice_read")}
+    return finish({**kept, "dice": dice, "dice_read": {"command": command, "date": date}})
 
 
 def write(result: dict, json_path: str | os.PathLike, md_path: str | os.PathLike | None) -> None:

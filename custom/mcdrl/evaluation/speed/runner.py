@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import copy
 import datetime
+import json
 import shlex
 import statistics
 import sys
@@ -232,7 +233,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--output", default=str(results / "bench.json"))
     p.add_argument("--markdown", default=str(results / "bench.md"), help="'' to skip")
     p.add_argument("--dice-dir", default=str(Path(default_bundle_root()) / "eval"), help="where make engine-dice wrote engine_<engine>/")
+    p.add_argument("--dice-only", action="store_true",
+                   help="after a retrain of the same network: read the engines' Dice into the existing --output report and keep "
+                        "its timings (they use random weights); the page says when the Dice were read")
     a = p.parse_args(argv)
+    if a.dice_only:
+        command = "python -m mcdrl.evaluation.speed " + shlex.join(argv)
+        now = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
+        try:
+            result = report.with_new_dice(json.loads(Path(a.output).read_text()), report.engine_dice(a.dice_dir), command, now)
+        except (OSError, ValueError) as e:  # json.JSONDecodeError is a ValueError
+            raise SystemExit(f"--dice-only: {a.output}: {e}")
+        report.write(result, a.output, a.markdown or None)
+        print(f"int8 Dice cost {report.fmt(result['headline']['int8_dice_cost_points'], 3)} points; wrote {a.output}"
+              + (f" and {a.markdown}" if a.markdown else ""))
+        return 0
     models = a.models or ([QUICK_MODEL] if a.quick else ["mcdrl-demo-vit", "ViT-B-16"])
     rounds = a.rounds or (2 if a.quick else 9)
     log = lambda msg: print(f"[mcdrl.evaluation.speed] {msg}", flush=True)  # noqa: E731

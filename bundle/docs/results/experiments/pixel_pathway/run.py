@@ -22,8 +22,9 @@ Each fold trains on four of A-E and reads the fifth, exactly as ``../presence_in
 rows, the same keys on the same code. No frame of F, G or any other site is read. Writes ``runs.json`` beside this
 file (finished folds are kept, so it resumes). The rule is in ``README.md``, committed before any fold ran.
 
+    git show 29298f9:bundle/models/model.pt > /work/logs/pixel_pathway/model_0.9.2.pt
     PYTHONPATH=custom HF_HUB_OFFLINE=1 .venv/bin/python bundle/docs/results/experiments/pixel_pathway/run.py \
-        --scratch /work/logs/pixel_pathway
+        --scratch /work/logs/pixel_pathway --readout_from /work/logs/pixel_pathway/model_0.9.2.pt
 """
 
 from __future__ import annotations
@@ -57,8 +58,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--scratch", required=True, help="weights and logs of the runs (not kept in git)")
     p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     p.add_argument("--epochs", type=int, default=2)
+    p.add_argument("--readout_from", required=True,
+                   help="the model.pt whose confounder-readout buffers the presence reads borrow: the baseline's reads "
+                        "used 0.9.2's (`git show 29298f9:bundle/models/model.pt > <file>`), so the variants use them too")
     args = p.parse_args(argv)
-    _presence_in_training().run_variants({v: VARIANTS[v] for v in args.variants}, HERE / "runs.json", Path(args.scratch), args.epochs)
+    _presence_in_training().run_variants({v: VARIANTS[v] for v in args.variants}, HERE / "runs.json", Path(args.scratch),
+                                         args.epochs, Path(args.readout_from))
     return 0
 
 

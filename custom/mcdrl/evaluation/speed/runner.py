@@ -237,9 +237,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="after a retrain of the same network: read the engines' Dice into the existing --output report and keep "
                         "its timings (they use random weights); the page says when the Dice were read")
     a = p.parse_args(argv)
+    command = "python -m mcdrl.evaluation.speed " + shlex.join(argv)
+    now = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
     if a.dice_only:
-        command = "python -m mcdrl.evaluation.speed " + shlex.join(argv)
-        now = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
         try:
             result = report.with_new_dice(json.loads(Path(a.output).read_text()), report.engine_dice(a.dice_dir), command, now)
         except (OSError, ValueError) as e:  # json.JSONDecodeError is a ValueError
@@ -251,7 +251,7 @@ def main(argv: list[str] | None = None) -> int:
     models = a.models or ([QUICK_MODEL] if a.quick else ["mcdrl-demo-vit", "ViT-B-16"])
     rounds = a.rounds or (2 if a.quick else 9)
     log = lambda msg: print(f"[mcdrl.evaluation.speed] {msg}", flush=True)  # noqa: E731
-    out = {"command": "python -m mcdrl.evaluation.speed " + shlex.join(argv), "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+    out = {"command": command, "date": now,
            "machine": machine_info(), "main_model": models[-1], "forward": [], "train_step": [], "folder": [], "rss": {}}
     for m in models:
         log(f"forward {m}")

@@ -104,7 +104,20 @@ def test_compare_oracle_rows_train_on_the_held_out_site_and_give_the_dg_efficien
         assert (reused[model]["epochs"], reused[model]["seconds"], reused[model]["steps_matched_epochs"]) == \
             (rec["epochs"], rec["seconds"], rec["steps_matched_epochs"])
     epochs = [doc["oracle_training"][m]["epochs"] for m in ("shipped MCDRL", "MONAI UNet (same wall time)")]
-    assert f"oracle MCDRL {epochs[0]} epochs; oracle UNet {epochs[1]} epochs." in (tmp_path / "out" / "compare.md").read_text()
+    report = (tmp_path / "out" / "compare.md").read_text()
+    assert f"oracle MCDRL {epochs[0]} epochs; oracle UNet {epochs[1]} epochs." in report
+    assert "Not a steps-matched ceiling" not in report and not any("not_steps_matched" in rec for rec in reused.values())
+
+
+def test_a_reused_oracle_whose_epochs_no_longer_match_the_steps_is_flagged():
+    """A reused oracle that trained other epochs than the model it bounds now needs is not its ceiling: the report
+    says so and names the fix, as it does for a UNet that its budget no longer fits."""
+    from mcdrl.evaluation.compare import oracle_not_steps_matched
+
+    assert oracle_not_steps_matched("oracle UNet", {"epochs": 65, "steps_matched_epochs": 65}) is None
+    assert oracle_not_steps_matched("oracle UNet", {"epochs": 65}) is None  # nothing to compare against
+    why = oracle_not_steps_matched("oracle MCDRL", {"epochs": 30, "steps_matched_epochs": 25, "reused": "--skip_training"})
+    assert why.startswith("the oracle MCDRL trained 30 epoch(s)") and "25 epoch(s)" in why and "retrain it" in why
 
 
 def test_compare_gives_the_unet_as_many_epochs_as_fit_the_budget(tiny_bundle, tmp_path):

@@ -201,6 +201,10 @@ def main(argv: list[str] | None = None) -> int:
                 oracle_records[name] = {**(json.loads(timing.read_text()) if timing.is_file() else {}), "reused": "--skip_training"}
             oracle_records[name]["steps_matched_epochs"] = epochs
             oracle_records[name]["files"] = [str(configs / "train.json"), *[str(configs / v) for v in variants]]
+            mismatch = oracle_not_steps_matched(ORACLE[name], oracle_records[name])
+            if mismatch:
+                oracle_records[name]["not_steps_matched"] = mismatch
+                print(f"WARNING: {mismatch}", file=sys.stderr, flush=True)
     images = {"validation (source sites)": load_labelled_images(datalist, "validation"),
               "held-out site": load_labelled_images(heldout, a.heldout_split)}
     if a.new_site_frames > 0:
@@ -259,6 +263,7 @@ def main(argv: list[str] | None = None) -> int:
                   "Each oracle trained for as many optimisation steps as the model it bounds: "
                   + "; ".join(f"{ORACLE[name].split(' (')[0]} {rec.get('epochs', '?')} epochs" for name, rec in oracle_records.items()
                               if rec.get("epochs")) + "."]
+        lines += [f"**Not a steps-matched ceiling:** {rec['not_steps_matched']}" for rec in oracle_records.values() if rec.get("not_steps_matched")]
     write_report(out / "compare.md", lines)
     return 0
 
@@ -273,6 +278,16 @@ def unet_cut_short(record: dict | None) -> str | None:
         return None
     return (f"the time budget stopped the UNet after {record['epochs']} of its {record['max_epochs']} epochs, so its cosine "
             f"schedule never annealed; run compare again with --time_shipped_epoch on an idle machine")
+
+
+def oracle_not_steps_matched(name: str, record: dict) -> str | None:
+    """Why an oracle's run is not the steps-matched ceiling, or None when it is: a run reused with ``--skip_training``
+    trained ``epochs``, and the model it bounds now needs ``steps_matched_epochs`` (its own epochs changed since)."""
+    trained, needed = record.get("epochs"), record.get("steps_matched_epochs")
+    if not trained or not needed or trained == needed:
+        return None
+    return (f"the {name} trained {trained} epoch(s), but the model it bounds now takes as many steps as "
+            f"{needed} epoch(s) on its frames: retrain it (compare --oracle without --skip_training)")
 
 
 def dg_efficiency(heldout_dice: float, oracle_dice: float) -> float | None:

@@ -106,6 +106,7 @@ bench: engine-dice
 	$(PY) -m mcdrl.evaluation.speed
 
 ## make bench-dice: after a retrain of the same network, the engines' Dice again, into bench.* with its timings kept
-## (they run on random weights); the page says when the Dice were read. A changed network needs the full make bench.
+## (they run on random weights); the page says when the Dice were read. A changed network needs the full make bench;
+## a report that records its network fingerprint refuses --dice-only when the configs build another network.
 bench-dice: engine-dice
 	$(PY) -m mcdrl.evaluation.speed --dice-only

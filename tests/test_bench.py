@@ -391,9 +391,35 @@ def test_dice_only_reads_new_engine_dice_into_the_report_and_keeps_its_timings(t
     assert "the timings are still those of today" in page and "--dice-only" in new["dice_read"]["command"]
     bad = subprocess.run([*cmd, "--dice-dir", str(tmp_path / "none")], cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert bad.returncode != 0 and "make engine-dice" in bad.stderr and str(out) in bad.stderr
+    assert "records no network fingerprint" in proc.stderr  # a report from before fingerprints: read, with a warning
     report.write(report.pending("the head changes", "make bench"), out, None)
     bad = subprocess.run([*cmd, "--dice-dir", str(tmp_path)], cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert bad.returncode != 0 and "pending" in bad.stderr
+
+
+def test_dice_only_refuses_timings_of_another_network(tmp_path):
+    """The full run records each model's network fingerprint; `--dice-only` keeps the timings only while the configs
+    still build that network, and names the model whose network changed."""
+    from mcdrl.evaluation.speed.runner import network_fingerprint
+
+    fingerprint = network_fingerprint(TINY)
+    assert network_fingerprint(TINY) == fingerprint  # the random weights do not enter it
+    assert network_fingerprint(TINY, alpha=0.25) != fingerprint  # a setting with no parameter of its own does
+    assert network_fingerprint(TINY, use_intervention=True) != fingerprint
+    for engine in ("torch", "onnxruntime-int8"):
+        for name in ("train_sites", "heldout_F"):
+            (tmp_path / f"engine_{engine}" / name).mkdir(parents=True)
+            (tmp_path / f"engine_{engine}" / name / "metrics.csv").write_text("val_mean_dice\t0.7\nval_mean_iou\t0.5\n")
+    out = tmp_path / "bench.json"
+    cmd = [PYTHON, "-m", "mcdrl.evaluation.speed", "--dice-only", "--output", str(out), "--markdown", "", "--dice-dir", str(tmp_path)]
+    for stored, ok in ((fingerprint, True), ("0123456789abcdef", False)):
+        report.write(report.finish({**_result(), "network": {TINY: stored}}), out, None)
+        proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+        assert (proc.returncode == 0) == ok, proc.stderr[-3000:]
+        if ok:
+            assert json.loads(out.read_text())["network"] == {TINY: fingerprint} and "fingerprint" not in proc.stderr
+        else:
+            assert f"the network of {TINY} changed" in proc.stderr and str(out) in proc.stderr and "make bench" in proc.stderr
 
 
 def test_peak_rss_probe_is_not_inflated_by_a_large_parent():
@@ -418,6 +444,7 @@ def test_quick_run_writes_every_section(tmp_path):
     assert r["train_step"][0]["batch"] == 2 and set(r["train_step"][0]["rounds_ms"]) == {"shipped", "intervention", "baseline"}
     assert set(r["folder"][0]["images_per_s"]) == {"bare", "torch", "onnxruntime", "onnxruntime-int8"}
     assert r["rss"][TINY] > 0 and r["headline"]["int8_dice_cost_points"] is None and r["dice"] == {}
+    assert set(r["network"]) == {TINY} and len(r["network"][TINY]) == 16  # what --dice-only checks later
     for key in report.TARGETS:
         assert key in proc.stdout and key in r["targets"]
     assert "| mcdrl-tiny-vit | 4 x 64² (batch 2) |" in md.read_text()

@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import copy
 import datetime
+import hashlib
 import json
 import shlex
 import statistics
@@ -35,7 +36,7 @@ from mcdrl.paths import default_bundle_root
 from . import report
 from .timing import PartTimer, interleaved, machine_info, paired_ratio, peak_rss_mb
 
-__all__ = ["folder_rows", "forward_rows", "main", "part_shares", "random_network", "train_row"]
+__all__ = ["folder_rows", "forward_rows", "main", "network_fingerprint", "part_shares", "random_network", "train_row"]
 
 QUICK_MODEL = "mcdrl-tiny-vit"
 ENGINES = ("torch", "onnxruntime", "onnxruntime-int8")
@@ -72,6 +73,21 @@ def random_network(model_name: str, seed: int = 0, config: str = "inference.json
     net = _parser(config, model_name, **overrides).get_parsed_content("network_def")
     _randomise_dictionary(net, seed)
     return net.eval()
+
+
+def network_fingerprint(model_name: str, config: str = "inference.json", **overrides) -> str:
+    """What a timing depends on, hashed (16 hex digits): ``random_network``'s modules (names, classes, ``extra_repr``),
+    their public scalar settings (MTRS ``alpha``, ``use_intervention``, ``head_resolution``, ...), and every parameter and
+    buffer's name, shape and dtype. Weights are left out: a retrain of the same network keeps the fingerprint."""
+    net = random_network(model_name, config=config, **overrides)
+    h = hashlib.sha256()
+    for name, module in net.named_modules():
+        settings = sorted((k, repr(v)) for k, v in vars(module).items()
+                          if not k.startswith("_") and isinstance(v, (bool, int, float, str, tuple, type(None))))
+        h.update(f"{name}|{type(module).__qualname__}|{module.extra_repr()}|{settings}\n".encode())
+    for name, t in net.state_dict().items():
+        h.update(f"{name}|{tuple(t.shape)}|{t.dtype}\n".encode())
+    return h.hexdigest()[:16]
 
 
 def part_shares(net, x: torch.Tensor, rounds: int, clock=None) -> dict:
@@ -235,15 +251,25 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dice-dir", default=str(Path(default_bundle_root()) / "eval"), help="where make engine-dice wrote engine_<engine>/")
     p.add_argument("--dice-only", action="store_true",
                    help="after a retrain of the same network: read the engines' Dice into the existing --output report and keep "
-                        "its timings (they use random weights); the page says when the Dice were read")
+                        "its timings (they use random weights); the page says when the Dice were read. Refused when the configs no longer "
+                        "build the network the report timed (its recorded fingerprint)")
     a = p.parse_args(argv)
     command = "python -m mcdrl.evaluation.speed " + shlex.join(argv)
     now = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
     if a.dice_only:
         try:
-            result = report.with_new_dice(json.loads(Path(a.output).read_text()), report.engine_dice(a.dice_dir), command, now)
+            previous = json.loads(Path(a.output).read_text())
+            result = report.with_new_dice(previous, report.engine_dice(a.dice_dir), command, now)
         except (OSError, ValueError) as e:  # json.JSONDecodeError is a ValueError
             raise SystemExit(f"--dice-only: {a.output}: {e}")
+        timed = previous.get("network") or {}
+        changed = [m for m, fingerprint in timed.items() if network_fingerprint(m) != fingerprint]
+        if changed:
+            raise SystemExit(f"--dice-only: {a.output}: the network of {', '.join(changed)} changed since its timings were "
+                             f"taken ({previous.get('date', '?')}); run the full `make bench`")
+        if not timed:
+            print(f"WARNING: {a.output} records no network fingerprint (written before they were kept), so it cannot be "
+                  "checked that its timings are this network's", file=sys.stderr, flush=True)
         report.write(result, a.output, a.markdown or None)
         print(f"int8 Dice cost {report.fmt(result['headline']['int8_dice_cost_points'], 3)} points; wrote {a.output}"
               + (f" and {a.markdown}" if a.markdown else ""))
@@ -251,8 +277,8 @@ def main(argv: list[str] | None = None) -> int:
     models = a.models or ([QUICK_MODEL] if a.quick else ["mcdrl-demo-vit", "ViT-B-16"])
     rounds = a.rounds or (2 if a.quick else 9)
     log = lambda msg: print(f"[mcdrl.evaluation.speed] {msg}", flush=True)  # noqa: E731
-    out = {"command": command, "date": now,
-           "machine": machine_info(), "main_model": models[-1], "forward": [], "train_step": [], "folder": [], "rss": {}}
+    out = {"command": command, "date": now, "machine": machine_info(), "main_model": models[-1],
+           "network": {m: network_fingerprint(m) for m in models}, "forward": [], "train_step": [], "folder": [], "rss": {}}
     for m in models:
         log(f"forward {m}")
         out["forward"] += forward_rows(m, [1, 2] if a.quick else [1, 8], rounds, 64 if a.quick else None)

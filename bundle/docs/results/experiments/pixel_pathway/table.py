@@ -83,11 +83,12 @@ def main() -> int:
     gain, lesion_gain, auc_change = summary[cand]
     ratios, costs = _speed()
     speed, cost = ratios.get(cand), costs.get(cand)
-    checks = {"Dice gain > per-fold std": gain.mean() > 0 and gain.mean() > gain.std(ddof=1),
-              "lesion-frame Dice gains": lesion_gain > 0,
-              f"AUC within {AUC_TOLERANCE}": auc_change >= -AUC_TOLERANCE,
-              f"training step <= {COST_BOUND} x the shipped (FLOPs, demo CLIP)": None if cost is None else cost <= COST_BOUND,
-              f"ViT-B/16 eval forward <= {SPEED_BOUND} x CLIP": None if speed is None else speed <= SPEED_BOUND}
+    # plain bools (numpy's are not ``False`` to ``is``); None where speed.py has not run
+    checks = {"Dice gain > per-fold std": bool(gain.mean() > 0 and gain.mean() > gain.std(ddof=1)),
+              "lesion-frame Dice gains": bool(lesion_gain > 0),
+              f"AUC within {AUC_TOLERANCE}": bool(auc_change >= -AUC_TOLERANCE),
+              f"training step <= {COST_BOUND} x the shipped (FLOPs, demo CLIP)": None if cost is None else bool(cost <= COST_BOUND),
+              f"ViT-B/16 eval forward <= {SPEED_BOUND} x CLIP": None if speed is None else bool(speed <= SPEED_BOUND)}
     verdict = ("replaces the shipped head" if all(checks.values()) else
                "does not replace the shipped head" if any(v is False for v in checks.values()) else "waits for speed.py")
     print(f"\ncandidate {cand}: mean Dice gain {gain.mean():+.4f} (per-fold std {gain.std(ddof=1):.4f}), lesion-frame Dice "

@@ -402,10 +402,12 @@ def test_dice_only_refuses_timings_of_another_network(tmp_path):
     still build that network, and names the model whose network changed."""
     from mcdrl.evaluation.speed.runner import network_fingerprint
 
-    fingerprint = network_fingerprint(TINY)
-    assert network_fingerprint(TINY) == fingerprint  # the random weights do not enter it
-    assert network_fingerprint(TINY, alpha=0.25) != fingerprint  # a setting with no parameter of its own does
-    assert network_fingerprint(TINY, use_intervention=True) != fingerprint
+    fingerprint = network_fingerprint(random_network(TINY))
+    other_weights = random_network(TINY, seed=1)
+    assert next(other_weights.head.parameters()).ne(next(random_network(TINY).head.parameters())).any()
+    assert network_fingerprint(other_weights) == fingerprint  # the weights do not enter it
+    assert network_fingerprint(random_network(TINY, alpha=0.25)) != fingerprint  # a setting with no parameter of its own does
+    assert network_fingerprint(random_network(TINY, use_intervention=True)) != fingerprint
     for engine in ("torch", "onnxruntime-int8"):
         for name in ("train_sites", "heldout_F"):
             (tmp_path / f"engine_{engine}" / name).mkdir(parents=True)

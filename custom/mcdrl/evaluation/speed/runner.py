@@ -75,11 +75,10 @@ def random_network(model_name: str, seed: int = 0, config: str = "inference.json
     return net.eval()
 
 
-def network_fingerprint(model_name: str, config: str = "inference.json", **overrides) -> str:
-    """What a timing depends on, hashed (16 hex digits): ``random_network``'s modules (names, classes, ``extra_repr``),
-    their public scalar settings (MTRS ``alpha``, ``use_intervention``, ``head_resolution``, ...), and every parameter and
+def network_fingerprint(net: torch.nn.Module) -> str:
+    """What a timing of ``net`` depends on, hashed (16 hex digits): its modules (names, classes, ``extra_repr``), their
+    public scalar settings (MTRS ``alpha``, ``use_intervention``, ``head_resolution``, ...), and every parameter and
     buffer's name, shape and dtype. Weights are left out: a retrain of the same network keeps the fingerprint."""
-    net = random_network(model_name, config=config, **overrides)
     h = hashlib.sha256()
     for name, module in net.named_modules():
         settings = sorted((k, repr(v)) for k, v in vars(module).items()
@@ -263,7 +262,7 @@ def main(argv: list[str] | None = None) -> int:
         except (OSError, ValueError) as e:  # json.JSONDecodeError is a ValueError
             raise SystemExit(f"--dice-only: {a.output}: {e}")
         timed = previous.get("network") or {}
-        changed = [m for m, fingerprint in timed.items() if network_fingerprint(m) != fingerprint]
+        changed = [m for m, fingerprint in timed.items() if network_fingerprint(random_network(m)) != fingerprint]
         if changed:
             raise SystemExit(f"--dice-only: {a.output}: the network of {', '.join(changed)} changed since its timings were "
                              f"taken ({previous.get('date', '?')}); run the full `make bench`")
@@ -278,7 +277,7 @@ def main(argv: list[str] | None = None) -> int:
     rounds = a.rounds or (2 if a.quick else 9)
     log = lambda msg: print(f"[mcdrl.evaluation.speed] {msg}", flush=True)  # noqa: E731
     out = {"command": command, "date": now, "machine": machine_info(), "main_model": models[-1],
-           "network": {m: network_fingerprint(m) for m in models}, "forward": [], "train_step": [], "folder": [], "rss": {}}
+           "network": {m: network_fingerprint(random_network(m)) for m in models}, "forward": [], "train_step": [], "folder": [], "rss": {}}
     for m in models:
         log(f"forward {m}")
         out["forward"] += forward_rows(m, [1, 2] if a.quick else [1, 8], rounds, 64 if a.quick else None)

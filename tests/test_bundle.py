@@ -149,7 +149,7 @@ def test_network_def_and_knobs_agree_between_train_and_inference():
     for key in ("clip_model", "readout", "lesion_classes", "num_confounders", "alpha", "mtrs_scoring", "use_intervention",
                 "intervention_layers", "intervention_heads", "decoder_channels", "decoder_skip_channels", "deconfounding",
                 "presence_decision", "tau", "image_size", "embed_dim", "dictionary_path", "intervention_residual", "head_input",
-                "head_resolution"):
+                "head_resolution", "decoder_skip_block", "decoder_classifier", "decoder_query_hidden", "decoder_query_stride"):
         assert train[key] == infer[key], key
     assert infer["clip_weights"] is None  # inference takes every weight from model.pt, never from CLIP files
     shared = lambda pre: [t for t in pre["transforms"] if t["_target_"] in ("mcdrl.transforms.ToModelInputd", "EnsureChannelFirstd")]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import io
 import math
 
@@ -587,6 +588,39 @@ def test_text_query_classifier_reads_the_class_prompts_and_the_image_embedding(t
         net.head(grid, image)
     with pytest.raises(ValueError, match="classifier"):
         SegmentationHead(32, (16, 8), classifier="queries")
+
+
+def test_cheaper_text_query_classifier_pools_then_upsamples_two_logits(tiny_world):
+    """``decoder_query_stride`` s: the dynamic convs run on the reduced features average-pooled by s, and only the two
+    pooled-class logits are upsampled to the decoder's size (odd sizes too); ``decoder_query_hidden`` narrows them."""
+    from mcdrl.networks.head import TextQueryClassifier
+    from mcdrl.networks.weights import weights_mismatch
+
+    torch.manual_seed(0)
+    pooled = TextQueryClassifier(8, 32, stride=2)
+    feats, queries, emb = torch.randn(2, 8, 15, 17), torch.randn(6, 32), torch.randn(2, 32)
+    out = pooled(feats, queries, emb)
+    assert out.shape == (2, 6, 8, 9)
+    reduced = pooled.reduce(feats)
+    h = F.avg_pool2d(reduced, 2, ceil_mode=True)
+    assert torch.allclose(h[..., -1, -1], reduced[..., -1, -1])  # the last window holds one pixel: its mean is itself
+    bare = copy.deepcopy(pooled)
+    bare.stride, bare.reduce = 1, torch.nn.Identity()  # the same dynamic convs, at full resolution, on the pooled features
+    torch.testing.assert_close(bare(h, queries, emb), out)
+    assert TextQueryClassifier(8, 32, hidden=4).controller.out_features == 2 * (4 * 4 + 4) + (4 * 1 + 1)
+    with pytest.raises(ValueError, match="stride"):
+        TextQueryClassifier(8, 32, stride=0)
+
+    net = build_head_variant(tiny_world, classifier="text_queries", query_stride=2).eval()
+    grid, image = torch.randn(1, 32, 4, 4), torch.rand(1, 3, 18, 14)
+    with torch.no_grad():
+        logits = net.head(grid, image, net.class_queries(), torch.randn(1, 32))
+    assert logits.shape == (1, 2, 18, 14)
+    with pytest.raises(ValueError, match="query_hidden and query_stride"):
+        SegmentationHead(32, (16, 8), query_stride=2)
+    shipped = build_head_variant(tiny_world, classifier="text_queries").state_dict()
+    narrow = build_head_variant(tiny_world, classifier="text_queries", query_hidden=4).state_dict()
+    assert weights_mismatch(shipped, narrow).startswith("decoder_query_hidden is 8 in the config, 4 in the weights")
 
 
 def test_weights_of_another_head_alternative_name_the_config_key(tiny_world):

@@ -103,16 +103,24 @@ class TextQueryClassifier(nn.Module):
     reads [F_vis, e_q] (both L2-normalised) and writes the weights and biases of ``depth`` dynamic 1x1 convs
     (hidden -> hidden -> ... -> 1, ReLU between), which map those features to the query's logit map.
 
+    The dynamic convs cost little arithmetic but much memory traffic (B x Q x hidden floats per pixel and layer), so two
+    knobs make them cheaper: ``hidden``, and ``stride``: the reduced features are average-pooled by ``stride`` before
+    the dynamic convs, and the logits come out at (ceil(H / stride), ceil(W / stride)) for the caller to upsample.
+
     Args:
         in_channels: c, the decoder's last width. embed_dim: d. hidden: width of the dynamic convs (8 in the Universal
-        Model). depth: number of dynamic convs (3 there).
+        Model). depth: number of dynamic convs (3 there). stride: s, the pooling before the dynamic convs (1: none).
 
     Shapes:
-        features (B, c, H, W), queries (Q, d), image_embedding (B, d) -> logits (B, Q, H, W).
+        features (B, c, H, W), queries (Q, d), image_embedding (B, d) -> logits (B, Q, ceil(H / s), ceil(W / s)).
     """
 
-    def __init__(self, in_channels: int, embed_dim: int, hidden: int = 8, depth: int = 3):
+    def __init__(self, in_channels: int, embed_dim: int, hidden: int = 8, depth: int = 3, stride: int = 1):
         super().__init__()
+        if int(hidden) < 1 or int(depth) < 1 or int(stride) < 1:
+            raise ValueError(f"the text-query classifier needs hidden, depth and stride >= 1, got {hidden}, {depth}, {stride}")
+        hidden = int(hidden)
+        self.stride = int(stride)
         self.reduce = nn.Sequential(_group_norm(in_channels), nn.GELU(), nn.Conv2d(in_channels, hidden, 1))
         self.sizes = [(hidden, hidden)] * (depth - 1) + [(hidden, 1)]
         self.controller = nn.Linear(2 * embed_dim, sum(i * o + o for i, o in self.sizes))
@@ -128,6 +136,8 @@ class TextQueryClassifier(nn.Module):
                           F.normalize(queries.to(image_embedding.dtype), dim=-1).unsqueeze(0).expand(b, q, -1)], dim=-1)
         params = self.controller(cond)  # (B, Q, P)
         h = self.reduce(features)
+        if self.stride > 1:
+            h = F.avg_pool2d(h, self.stride, ceil_mode=True)
         size = h.shape[-2:]
         h = h.flatten(2)  # (B, hidden, H*W): the queries share it until their first conv
         offset = 0
@@ -168,6 +178,8 @@ class SegmentationHead(nn.Module):
         skip_block: ``"conv"`` or ``"residual"``, the pixel encoder's block (:data:`SKIP_BLOCKS`).
         classifier: ``"conv"`` or ``"text_queries"`` (:data:`CLASSIFIERS`). embed_dim: d, which the text-query
             classifier's controller reads (default: ``in_dim``).
+        query_hidden, query_stride: the text-query classifier's ``hidden`` and ``stride``; with a stride s > 1 its two
+            logits (background, lesion) are bilinearly upsampled by s to the decoder's last size, H x W.
 
     Example:
         >>> head = SegmentationHead(192, (128, 64, 32, 16), skip_channels=(8, 16, 32, 64))
@@ -177,7 +189,7 @@ class SegmentationHead(nn.Module):
 
     def __init__(self, in_dim: int, channels: tuple[int, ...] = (128, 64, 32, 16), out_channels: int = 2, dropout: float = 0.0,
                  skip_channels: tuple[int, ...] = (), skip_block: str = "conv", classifier: str = "conv",
-                 embed_dim: int | None = None):
+                 embed_dim: int | None = None, query_hidden: int = 8, query_stride: int = 1):
         super().__init__()
         if classifier not in CLASSIFIERS:
             raise ValueError(f"classifier must be one of {list(CLASSIFIERS)}, got {classifier!r}")
@@ -196,8 +208,10 @@ class SegmentationHead(nn.Module):
                                      for a, b, k in zip((channels[0],) + channels[:-1], channels, self.skip_levels)])
         self.pixel_encoder = PixelEncoder(skip_channels, skip_block) if skip_channels else None
         self.uses_text_queries = classifier == "text_queries"
-        self.classifier = (TextQueryClassifier(channels[-1], int(embed_dim or in_dim)) if self.uses_text_queries
-                           else nn.Conv2d(channels[-1], out_channels, 1))
+        if not self.uses_text_queries and (int(query_hidden), int(query_stride)) != (8, 1):
+            raise ValueError(f"query_hidden and query_stride set the text-query classifier; classifier is {classifier!r}")
+        self.classifier = (TextQueryClassifier(channels[-1], int(embed_dim or in_dim), hidden=query_hidden, stride=query_stride)
+                           if self.uses_text_queries else nn.Conv2d(channels[-1], out_channels, 1))
 
     def forward(self, x: torch.Tensor, image: torch.Tensor | None = None, queries: torch.Tensor | None = None,
                 image_embedding: torch.Tensor | None = None) -> torch.Tensor:
@@ -216,5 +230,8 @@ class SegmentationHead(nn.Module):
             return self.classifier(x).contiguous()
         if queries is None or image_embedding is None:
             raise ValueError("this SegmentationHead classifies with text queries: pass queries (K + 1, d) and F_vis (B, d) too")
-        q = self.classifier(x.contiguous(), queries, image_embedding)  # (B, K + 1, H, W)
-        return torch.stack([q[:, -1], torch.logsumexp(q[:, :-1], dim=1)], dim=1).contiguous()
+        q = self.classifier(x.contiguous(), queries, image_embedding)  # (B, K + 1, H / s, W / s)
+        logits = torch.stack([q[:, -1], torch.logsumexp(q[:, :-1], dim=1)], dim=1)
+        if logits.shape[-2:] != x.shape[-2:]:
+            logits = F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
+        return logits.contiguous()

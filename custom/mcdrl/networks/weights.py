@@ -54,6 +54,7 @@ STRUCTURAL_KEYS: dict[str, Callable[[Mapping[str, torch.Tensor]], object]] = {
     "decoder_skip_block": lambda state: (("residual" if any(".residual." in k for k in state if k.startswith("head.pixel_encoder."))
                                           else "conv") if any(k.startswith("head.pixel_encoder.") for k in state) else None),
     "decoder_classifier": lambda state: "text_queries" if "head.classifier.controller.weight" in state else "conv",
+    "decoder_query_hidden": _dim("head.classifier.reduce.2.weight", 0),
 }
 
 

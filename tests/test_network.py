@@ -524,7 +524,8 @@ def build_head_variant(world, **head_kw) -> MCDRLNet:
                     SegmentationHead(d, (16, 8), skip_channels=(4, 8), embed_dim=d, **head_kw), presence_decision=True)
 
 
-@pytest.mark.parametrize("head_kw", [{"skip_block": "residual"}, {"classifier": "text_queries"}])
+@pytest.mark.parametrize("head_kw", [{"skip_block": "residual"}, {"classifier": "text_queries"},
+                                     {"classifier": "text_queries", "query_hidden": 4, "query_stride": 2}])
 def test_head_alternatives_train_decode_at_the_input_size_and_trace(tiny_world, head_kw):
     """Issue 23's two alternatives to the shipped head: each one key, each gives (B, 2, H, W) at the input's own
     size, trains end to end, and traces (what the bundle's exports need)."""

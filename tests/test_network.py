@@ -593,7 +593,8 @@ def test_text_query_classifier_reads_the_class_prompts_and_the_image_embedding(t
 
 def test_cheaper_text_query_classifier_pools_then_upsamples_two_logits(tiny_world):
     """``decoder_query_stride`` s: the dynamic convs run on the reduced features average-pooled by s, and only the two
-    pooled-class logits are upsampled to the decoder's size (odd sizes too); ``decoder_query_hidden`` narrows them."""
+    logits (background; the lesion queries' logsumexp) are upsampled to the decoder's size, odd sizes too;
+    ``decoder_query_hidden`` narrows the dynamic convs, and weights of another width are named by that key."""
     from mcdrl.networks.head import TextQueryClassifier
     from mcdrl.networks.weights import weights_mismatch
 
@@ -613,10 +614,14 @@ def test_cheaper_text_query_classifier_pools_then_upsamples_two_logits(tiny_worl
         TextQueryClassifier(8, 32, stride=0)
 
     net = build_head_variant(tiny_world, classifier="text_queries", query_stride=2).eval()
-    grid, image = torch.randn(1, 32, 4, 4), torch.rand(1, 3, 18, 14)
+    grid, image, emb = torch.randn(1, 32, 4, 4), torch.rand(1, 3, 18, 14), torch.randn(1, 32)
     with torch.no_grad():
-        logits = net.head(grid, image, net.class_queries(), torch.randn(1, 32))
-    assert logits.shape == (1, 2, 18, 14)
+        logits = net.head(grid, image, net.class_queries(), emb)
+        skips = net.head.pixel_encoder(image)
+        q = net.head.classifier(net.head.stages[1](net.head.stages[0](net.head.proj(grid), skips[1]), skips[0]), net.class_queries(), emb)
+    assert q.shape == (1, 6, 9, 7) and logits.shape == (1, 2, 18, 14)
+    want = F.interpolate(torch.stack([q[:, -1], torch.logsumexp(q[:, :-1], 1)], 1), size=(18, 14), mode="bilinear", align_corners=False)
+    torch.testing.assert_close(logits, want)
     with pytest.raises(ValueError, match="query_hidden and query_stride"):
         SegmentationHead(32, (16, 8), query_stride=2)
     shipped = build_head_variant(tiny_world, classifier="text_queries").state_dict()

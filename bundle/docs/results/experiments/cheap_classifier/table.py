@@ -40,7 +40,9 @@ def main() -> int:
     rows = {"baseline (run 2's keys, shipped classifier, 2 epochs)": {s: _figures(base[s]) for s in SITES}}
     for name, folds in _folds(HERE / "runs.json", lambda v: True).items():
         if set(folds) != set(SITES):
-            print(f"{name}: {len(folds)} of 5 folds so far ({', '.join(sorted(folds))}); not in the table yet")
+            print(f"{name}: {len(folds)} of 5 folds so far, not in the table; Dice (lesion-frame Dice) per fold: "
+                  + ", ".join(f"{s} {folds[s]['held_out_source_site']['dice']:.3f} ({folds[s]['held_out_source_site']['dice_lesion_images']:.3f})"
+                              for s in sorted(folds)))
         else:
             rows[name] = {s: _figures(folds[s]) for s in SITES}
     b = next(iter(rows.values()))

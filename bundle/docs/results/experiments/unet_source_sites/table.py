@@ -1,0 +1,70 @@
+"""The README's table and the rule's reading, from ``runs.json`` (the UNet's folds) and the baseline's rows in
+``../presence_in_training/runs.json`` (``contrast_1_tau_0.07``): Dice on the 600 frames of each held-out source site,
+the gap (UNet minus baseline) per fold, Dice on lesion frames, false alarms on lesion-free frames, lesion and
+small-lesion sensitivity (pooled over the folds), and the epochs and training time.
+
+    python bundle/docs/results/experiments/unet_source_sites/table.py
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+SITES = ("A", "B", "C", "D", "E")
+BASELINE = "contrast_1_tau_0.07"
+
+
+def _figures(rec: dict, epochs: int, seconds: float) -> dict:
+    h = rec["held_out_source_site"]
+    return {"dice": h["dice"], "lesion_dice": h["dice_lesion_images"], "fa": h["false_alarm_rate"],
+            "n_free": h["lesion_free_images"], "sens": h["sensitivity"], "n_lesion": h["lesion_images"],
+            "small": h["sensitivity_small"], "n_small": h["small_lesion_images"], "epochs": epochs, "train_s": seconds}
+
+
+def _pooled(f: dict, rate: str, n: str) -> str:
+    hits = sum(f[s][rate] * f[s][n] for s in SITES)
+    total = sum(f[s][n] for s in SITES)
+    return f"{100 * hits / total:.0f}% of {total}"
+
+
+def main() -> int:
+    doc = json.loads((HERE / "runs.json").read_text())
+    base_runs = json.loads((HERE.parent / "presence_in_training/runs.json").read_text())
+    base = {r["held_out"]: _figures(r, r["epochs"], r["train_s"]) for r in base_runs if r["variant"] == BASELINE}
+    unet = {r["held_out"]: _figures(r, r["epochs"], r["process_s"]) for r in doc["folds"]}
+    print(f"budget {doc['budget_s']:.0f} s (the median of the baseline's {', '.join(f'{t:.0f}' for t in doc['baseline_train_s'])} s); "
+          f"one UNet epoch timed at {doc['timed_epoch_s']:.0f} s, so {doc['folds'][0]['max_epochs'] if doc['folds'] else '?'} epochs")
+    for r in doc["folds"]:
+        if r.get("stopped_by_budget") or r["epochs"] != r["max_epochs"]:
+            print(f"WARNING: fold {r['held_out']}: the budget stopped the UNet after {r['epochs']} of {r['max_epochs']} epochs: not a fair row")
+    if set(unet) != set(SITES):
+        print(f"{len(unet)} of 5 folds so far; per fold Dice UNet (baseline): "
+              + ", ".join(f"{s} {unet[s]['dice']:.3f} ({base[s]['dice']:.3f})" for s in sorted(unet)))
+        return 0
+    rows = {"baseline: shipped recipe (run 2's keys), 2 epochs": base, "MONAI UNet, the baseline's wall time": unet}
+    print("| model | epochs | Dice " + " / ".join(SITES) + " | mean Dice | Dice on lesion frames | false alarms (lesion-free), "
+          "pooled | lesion sensitivity, pooled | small-lesion sensitivity, pooled | training s per fold (process) |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for name, f in rows.items():
+        dice = np.array([f[s]["dice"] for s in SITES])
+        print(f"| {name} | {f['A']['epochs']} | " + " / ".join(f"{v:.3f}" for v in dice) + f" | {dice.mean():.3f} | "
+              f"{np.mean([f[s]['lesion_dice'] for s in SITES]):.3f} | {_pooled(f, 'fa', 'n_free')} | {_pooled(f, 'sens', 'n_lesion')} | "
+              f"{_pooled(f, 'small', 'n_small')} | " + " / ".join(f"{f[s]['train_s']:.0f}" for s in SITES) + " |")
+    gap = np.array([unet[s]["dice"] - base[s]["dice"] for s in SITES])
+    lesion_gap = np.array([unet[s]["lesion_dice"] - base[s]["lesion_dice"] for s in SITES])
+    ahead = int((gap > 0).sum())
+    print(f"\ngap (UNet - baseline) per fold: " + " / ".join(f"{g:+.3f}" for g in gap)
+          + f"; mean {gap.mean():+.3f}, per-fold std {gap.std(ddof=1):.3f}; the UNet ahead at {ahead} of 5")
+    print("gap on lesion frames per fold: " + " / ".join(f"{g:+.3f}" for g in lesion_gap) + f"; mean {lesion_gap.mean():+.3f}")
+    shows = bool(gap.mean() > 0 and ahead >= 4)
+    print("rule: the split " + ("SHOWS" if shows else "does NOT show") + " the equal-time target's gap "
+          f"(mean gap {gap.mean():+.3f} {'>' if gap.mean() > 0 else '<='} 0, UNet ahead at {ahead} of 5; needs > 0 and >= 4)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -80,17 +80,18 @@ def _finished(run_dir: Path) -> float | None:
 
 
 def run_variants(variants: dict[str, dict], out: Path, scratch: Path, epochs: int = 2,
-                 shipped_model: Path = REPO / "bundle/models/model.pt") -> list[dict]:
+                 shipped_model: Path = REPO / "bundle/models/model.pt", sites: tuple[str, ...] = SITES) -> list[dict]:
     """Trains and reads each variant (its overrides of ``train.json``) at each of the five folds, into ``out`` (a JSON
     list, rewritten atomically after every fold; folds already in it are kept, so a second call resumes).
     ``shipped_model``: the ``model.pt`` whose confounder-readout buffers the presence reads borrow (this experiment's
-    runs used 0.9.2's, the model shipped then). ``../pixel_pathway/run.py`` calls it with its own variants."""
+    runs used 0.9.2's, the model shipped then). ``sites``: the folds to run (``../unet_source_sites/release_budget.py``
+    runs one at a time). ``../pixel_pathway/run.py`` calls it with its own variants."""
     head_run, profile_check = _load("run"), _load("profile_check")
     shipped = torch.load(shipped_model, weights_only=True)
     runs = json.loads(out.read_text()) if out.exists() else []
     done = {(r["variant"], r["held_out"]) for r in runs}
     for variant, overrides in variants.items():
-        for held_out in SITES:
+        for held_out in sites:
             if (variant, held_out) in done:
                 continue
             run_dir = Path(scratch) / f"{variant}_{held_out}"

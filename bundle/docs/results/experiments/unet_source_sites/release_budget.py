@@ -1,11 +1,12 @@
-"""Run 2 of this experiment: the same split at the release's budget (``README.md`` has the rule, committed before it ran).
+"""The second run of this experiment: the same split at the release's budget (``README.md`` has its rule, committed
+before it ran).
 
 Per fold, in the order A-E: the shipped recipe (run 2's keys, the shipped classifier) for 5 epochs, trained and read
 as the baseline was (``../presence_in_training/run.py``'s ``run_variants``; records in
-``release_budget_shipped.json``), then the UNet for the epochs that fit 5 of the baseline's epochs at the paces run 1
-measured alone (``runs.json``: the baseline's median time for 2 epochs, the UNet's timed epoch), with no clock stop
-(records in ``release_budget_unet.json``). Finished runs are kept, so it resumes. No frame of F, G or any other site
-is read.
+``release_budget_shipped.json``), then the UNet for the epochs that fit 5 of the baseline's epochs at the paces the
+first run measured alone (``runs.json``: the baseline's median time for 2 epochs, the UNet's timed epoch), with no
+clock stop (records in ``release_budget_unet.json``). Finished runs are kept, so it resumes. No frame of F, G or any
+other site is read.
 
     git show 29298f9:bundle/models/model.pt > /work/logs/unet_source_sites/model_0.9.2.pt
     PYTHONPATH=custom HF_HUB_OFFLINE=1 .venv/bin/python bundle/docs/results/experiments/unet_source_sites/release_budget.py \\
@@ -35,7 +36,7 @@ def _load(path: Path, name: str):
 
 
 def unet_epochs() -> int:
-    """The UNet epochs that fit ``SHIPPED_EPOCHS`` of the baseline's epochs, at run 1's paces (10)."""
+    """The UNet epochs that fit ``SHIPPED_EPOCHS`` of the baseline's epochs, at the first run's paces (10)."""
     from mcdrl.evaluation.compare import unet_epochs_for
 
     run1 = json.loads((HERE / "runs.json").read_text())

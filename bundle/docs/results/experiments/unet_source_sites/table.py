@@ -31,21 +31,14 @@ def _pooled(f: dict, rate: str, n: str) -> str:
     return f"{100 * hits / total:.0f}% of {total}"
 
 
-def main() -> int:
-    doc = json.loads((HERE / "runs.json").read_text())
-    base_runs = json.loads((HERE.parent / "presence_in_training/runs.json").read_text())
-    base = {r["held_out"]: _figures(r, r["epochs"], r["train_s"]) for r in base_runs if r["variant"] == BASELINE}
-    unet = {r["held_out"]: _figures(r, r["epochs"], r["process_s"]) for r in doc["folds"]}
-    print(f"budget {doc['budget_s']:.0f} s (the median of the baseline's {', '.join(f'{t:.0f}' for t in doc['baseline_train_s'])} s); "
-          f"one UNet epoch timed at {doc['timed_epoch_s']:.0f} s, so {doc['folds'][0]['max_epochs'] if doc['folds'] else '?'} epochs")
-    for r in doc["folds"]:
-        if r.get("stopped_by_budget") or r["epochs"] != r["max_epochs"]:
-            print(f"WARNING: fold {r['held_out']}: the budget stopped the UNet after {r['epochs']} of {r['max_epochs']} epochs: not a fair row")
-    if set(unet) != set(SITES):
-        print(f"{len(unet)} of 5 folds so far; per fold Dice UNet (baseline): "
-              + ", ".join(f"{s} {unet[s]['dice']:.3f} ({base[s]['dice']:.3f})" for s in sorted(unet)))
-        return 0
-    rows = {"baseline: shipped recipe (run 2's keys), 2 epochs": base, "MONAI UNet, the baseline's wall time": unet}
+def _table(base: dict, unet: dict, names: tuple[str, str]) -> None:
+    """The rows and the rule's reading for one run: ``base`` and ``unet`` are {site: _figures}."""
+    if set(unet) != set(SITES) or set(base) != set(SITES):
+        print(f"{len(base)} and {len(unet)} of 5 folds so far; nothing is read by the rule. Per fold Dice UNet (shipped recipe): "
+              + ", ".join(f"{s} {unet[s]['dice'] if s in unet else float('nan'):.3f} ({base[s]['dice'] if s in base else float('nan'):.3f})"
+                          for s in SITES if s in unet or s in base))
+        return
+    rows = dict(zip(names, (base, unet)))
     print("| model | epochs | Dice " + " / ".join(SITES) + " | mean Dice | Dice on lesion frames | false alarms (lesion-free), "
           "pooled | lesion sensitivity, pooled | small-lesion sensitivity, pooled | training s per fold (process) |")
     print("|---|---|---|---|---|---|---|---|---|")
@@ -57,12 +50,33 @@ def main() -> int:
     gap = np.array([unet[s]["dice"] - base[s]["dice"] for s in SITES])
     lesion_gap = np.array([unet[s]["lesion_dice"] - base[s]["lesion_dice"] for s in SITES])
     ahead = int((gap > 0).sum())
-    print(f"\ngap (UNet - baseline) per fold: " + " / ".join(f"{g:+.3f}" for g in gap)
+    print(f"\ngap (UNet - shipped recipe) per fold: " + " / ".join(f"{g:+.3f}" for g in gap)
           + f"; mean {gap.mean():+.3f}, per-fold std {gap.std(ddof=1):.3f}; the UNet ahead at {ahead} of 5")
     print("gap on lesion frames per fold: " + " / ".join(f"{g:+.3f}" for g in lesion_gap) + f"; mean {lesion_gap.mean():+.3f}")
     shows = bool(gap.mean() > 0 and ahead >= 4)
     print("rule: the split " + ("SHOWS" if shows else "does NOT show") + " the equal-time target's gap "
           f"(mean gap {gap.mean():+.3f} {'>' if gap.mean() > 0 else '<='} 0, UNet ahead at {ahead} of 5; needs > 0 and >= 4)")
+
+
+def main() -> int:
+    doc = json.loads((HERE / "runs.json").read_text())
+    base_runs = json.loads((HERE.parent / "presence_in_training/runs.json").read_text())
+    base = {r["held_out"]: _figures(r, r["epochs"], r["train_s"]) for r in base_runs if r["variant"] == BASELINE}
+    unet = {r["held_out"]: _figures(r, r["epochs"], r["process_s"]) for r in doc["folds"]}
+    print(f"budget {doc['budget_s']:.0f} s (the median of the baseline's {', '.join(f'{t:.0f}' for t in doc['baseline_train_s'])} s); "
+          f"one UNet epoch timed at {doc['timed_epoch_s']:.0f} s, so {doc['folds'][0]['max_epochs'] if doc['folds'] else '?'} epochs")
+    for r in doc["folds"]:
+        if r.get("stopped_by_budget") or r["epochs"] != r["max_epochs"]:
+            print(f"WARNING: fold {r['held_out']}: the budget stopped the UNet after {r['epochs']} of {r['max_epochs']} epochs: not a fair row")
+    _table(base, unet, ("baseline: shipped recipe (run 2's keys), 2 epochs", "MONAI UNet, the baseline's wall time"))
+    shipped_file, unet_file = HERE / "release_budget_shipped.json", HERE / "release_budget_unet.json"
+    if shipped_file.exists() or unet_file.exists():
+        print("\nThe second run, at the release's budget (release_budget.py):")
+        base2 = {r["held_out"]: _figures(r, r["epochs"], r["train_s"])
+                 for r in (json.loads(shipped_file.read_text()) if shipped_file.exists() else [])}
+        unet2 = {r["held_out"]: _figures(r, r["epochs"], r["process_s"])
+                 for r in (json.loads(unet_file.read_text())["folds"] if unet_file.exists() else [])}
+        _table(base2, unet2, ("shipped recipe (run 2's keys), 5 epochs", "MONAI UNet, the same wall time"))
     return 0
 
 

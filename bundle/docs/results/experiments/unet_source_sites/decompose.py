@@ -16,6 +16,11 @@ false alarm, nothing detected. No frame of F, G or any other site is read. Write
 
     PYTHONPATH=custom HF_HUB_OFFLINE=1 .venv/bin/python bundle/docs/results/experiments/unet_source_sites/decompose.py \
         --presence_scratch /work/logs/presence_in_training --unet_scratch /work/logs/unet_source_sites
+
+``--run release_budget`` reads the second run's models instead (``release_budget.py``: the shipped recipe at 5 epochs,
+``shipped_5_epochs_S``, as the baseline, and ``unet_10_epochs_S``; both under that script's ``--scratch``, so pass
+it as both scratch folders) into ``decompose_release_budget.json``. The scratch folders do not outlive a machine, so
+``--sites`` reads the folds whose models are there; folds already in the output are kept.
 """
 
 from __future__ import annotations
@@ -33,6 +38,9 @@ CONFIGS = REPO / "bundle/configs"
 SITES = ("A", "B", "C", "D", "E")
 BASELINE = "contrast_1_tau_0.07"
 RUN2 = {"lambda_contrast": 1.0, "tau": 0.07}
+#: run -> (the baseline's folder, the UNet's folder, the output); the folders' "{}" is the held-out site
+RUNS = {"first": (BASELINE + "_{}", "unet_{}", "decompose.json"),
+        "release_budget": ("shipped_5_epochs_{}", "unet_10_epochs_{}", "decompose_release_budget.json")}
 
 
 def emptied(records: list[dict], scores: list[float], threshold: float) -> list[dict]:
@@ -52,19 +60,26 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--presence_scratch", required=True, help="../presence_in_training/run.py's --scratch (the baseline's models)")
     p.add_argument("--unet_scratch", required=True, help="run.py's --scratch (the UNets)")
+    p.add_argument("--run", default="first", choices=list(RUNS), help="the first run's models, or the second's (release_budget.py)")
+    p.add_argument("--sites", nargs="+", default=list(SITES), choices=list(SITES), help="the folds to read (default: all five)")
     args = p.parse_args(argv)
+    base_dir, unet_dir, out_name = RUNS[args.run]
+    out = HERE / out_name
     datalist = REPO / "data/synthetic/datalist.json"
-    folds = {}
-    for held_out in SITES:
+    folds = json.loads(out.read_text())["folds"] if out.exists() else {}
+    for held_out in args.sites:
+        if held_out in folds:
+            continue
         frames = [f for split in ("training", "validation") for f in load_labelled_images(datalist, split, [held_out])]
-        base, post = build_bundle_network(str(CONFIGS / "train.json"), Path(args.presence_scratch) / f"{BASELINE}_{held_out}/models/model.pt",
+        base, post = build_bundle_network(str(CONFIGS / "train.json"), Path(args.presence_scratch) / base_dir.format(held_out) / "models/model.pt",
                                           {"bundle_root": str(REPO / "bundle"), "decoder_classifier": "text_queries", **RUN2})
         threshold = float(base.presence_threshold)
         base.presence_decision = False  # the gate open: masks of the segmenter alone, and the lesion score per frame
         open_records = score_images(base, frames, post)
         scores = [r["lesion_score"] for r in open_records]
         unet, unet_post = build_bundle_network([str(CONFIGS / "train.json"), str(CONFIGS / "unet.json")],
-                                               Path(args.unet_scratch) / f"unet_{held_out}/models/model.pt", {"bundle_root": str(REPO / "bundle")})
+                                               Path(args.unet_scratch) / unet_dir.format(held_out) / "models/model.pt",
+                                               {"bundle_root": str(REPO / "bundle")})
         unet_records = score_images(unet, frames, unet_post)
         folds[held_out] = {"threshold": round(threshold, 5), "reads": {
             "baseline": summarise(emptied(open_records, scores, threshold)),
@@ -72,12 +87,11 @@ def main(argv: list[str] | None = None) -> int:
             "UNet": summarise(unet_records),
             "UNet, the baseline's gate": summarise(emptied(unet_records, scores, threshold))}}
         print(held_out, {k: v["dice"] for k, v in folds[held_out]["reads"].items()}, flush=True)
-    out = HERE / "decompose.json"
-    tmp = out.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"command": "PYTHONPATH=custom HF_HUB_OFFLINE=1 .venv/bin/python "
-                               "bundle/docs/results/experiments/unet_source_sites/decompose.py --presence_scratch SCRATCH "
-                               "--unet_scratch SCRATCH", "folds": folds}, indent=1) + "\n")
-    os.replace(tmp, out)
+        command = ("PYTHONPATH=custom HF_HUB_OFFLINE=1 .venv/bin/python bundle/docs/results/experiments/unet_source_sites/decompose.py "
+                   "--presence_scratch SCRATCH --unet_scratch SCRATCH" + ("" if args.run == "first" else f" --run {args.run}"))
+        tmp = out.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"command": command, "folds": {s: folds[s] for s in SITES if s in folds}}, indent=1) + "\n")
+        os.replace(tmp, out)
     return 0
 
 

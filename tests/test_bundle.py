@@ -271,3 +271,35 @@ def test_a_none_override_is_reported_and_dollar_none_sets_it(tmp_path):
     assert "pass --clip_weights '$None'" in dropped.stderr
     given = bundle_cli(["run", "--config_file", str(config)], tmp_path, {"clip_weights": "$None"})
     assert given.returncode == 0 and "clip_weights = None" in given.stdout and "dropped" not in given.stderr, given.stderr[-2000:]
+
+
+def test_unet_head_variant_trains_and_infers_through_the_cli(tiny_world, tmp_path):
+    """configs/unet_head.json (issue 23's candidate head): one override file on train.json trains through the bundle
+    CLI, and the same file on inference.json segments a folder with its model.pt; the shipped head's config against
+    those weights is the one-line error that names the head."""
+    import numpy as np
+    from PIL import Image
+
+    small = {"unet_channels": [4, 8, 8]}
+    overrides = tiny_train_overrides(tiny_world, tmp_path / "root", max_epochs=1, **small)
+    proc = bundle_cli(["run", "training", "--config_file", f"['{CONFIGS / 'train.json'}','{CONFIGS / 'unet_head.json'}']",
+                       "--meta_file", META, "--logging_file", LOGGING], tmp_path, overrides)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    state = torch.load(tmp_path / "root" / "models" / "model.pt", weights_only=True)
+    assert "head.bottleneck.conv.unit0.conv.weight" in state and not any(k.startswith("head.stages.") for k in state)
+    infer = {**TINY_OVERRIDES, **small, "bundle_root": str(tmp_path / "root"), "dictionary_path": str(tiny_world["dictionary"]),
+             "dataset_dir": str(tiny_world["data"] / "images"), "output_dir": str(tmp_path / "out")}
+    proc = bundle_cli(["run", "--config_file", f"['{CONFIGS / 'inference.json'}','{CONFIGS / 'unet_head.json'}']", "--meta_file", META,
+                       "--logging_file", LOGGING], tmp_path, infer)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    masks = sorted((tmp_path / "out").rglob("*.png"))
+    images = sorted((tiny_world["data"] / "images").glob("*.png"))
+    assert len(masks) == len(images) == 8
+    for image in images:  # each mask is the frame's own size
+        mask = next(m for m in masks if m.name.startswith(image.stem))
+        assert np.array(Image.open(mask)).shape[:2] == np.array(Image.open(image)).shape[:2]
+    proc = bundle_cli(["run", "--config_file", str(CONFIGS / "inference.json"), "--dataset_dir", str(tiny_world["data"] / "images"),
+                       "--output_dir", str(tmp_path / "out2")], tmp_path, {k: v for k, v in infer.items() if k not in ("output_dir", "dataset_dir")})
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("mcdrl: error: ")]
+    assert proc.returncode == 2 and len(errors) == 1, proc.stderr[-3000:]
+    assert "the head (network_def#head, configs/unet_head.json) is SegmentationHead in the config, UNetHead in the weights" in errors[0]

@@ -15,7 +15,7 @@ from conftest import TINY, save_tiny_clip
 
 from mcdrl.networks.clip_backbone import CLIPVisualBackbone, create_clip
 from mcdrl.networks.dictionary import ConfounderDictionary, build_dictionary, load_artifact
-from mcdrl.networks.head import SegmentationHead
+from mcdrl.networks.head import SegmentationHead, UNetHead
 from mcdrl.networks.intervention import CausalIntervention, InterventionBlock
 from mcdrl.networks.losses import MCDRLLoss
 from mcdrl.errors import ConfigError
@@ -638,3 +638,89 @@ def test_weights_of_another_head_alternative_name_the_config_key(tiny_world):
         value = next(iter(head_kw.values()))
         assert weights_mismatch(shipped, other).startswith(f"{key} is conv in the config, {value} in the weights")
         assert weights_mismatch(other, other) is None
+
+
+def test_unet_head_is_the_monai_unet_with_the_clip_grid_at_its_bottleneck():
+    """UNetHead, layer for layer, is monai.networks.nets.UNet(channels, strides 2, num_res_units 2): with the UNet's
+    weights copied in and the bottleneck's weights for the grid's channels zero, its logits are the UNet's, at any
+    input size (odd ones are cropped back, so the UNet's own divisible sizes and the others agree); with those
+    weights not zero, the CLIP grid changes the logits."""
+    from monai.networks.nets import UNet
+
+    torch.manual_seed(0)
+    channels = (4, 8, 16, 32)
+    head, unet = UNetHead(32, channels, grid_channels=8).eval(), UNet(2, 3, 2, channels, (2, 2, 2), num_res_units=2).eval()
+    levels = len(channels) - 1
+    copied = {}
+    for k in range(levels):
+        prefix = "model" + ".1.submodule" * k
+        copied.update({f"pixel_encoder.{k}.{n}": v for n, v in unet.state_dict().items() if n.startswith(prefix + ".0.")
+                       for n in [n[len(prefix) + 3:]]})
+        copied.update({f"decoder.{k}.{n}": v for n, v in unet.state_dict().items() if n.startswith(prefix + ".2.")
+                       for n in [n[len(prefix) + 3:]]})
+    bottom = "model" + ".1.submodule" * (levels - 1) + ".1.submodule."
+    for n, v in unet.state_dict().items():
+        if n.startswith(bottom):
+            mine = head.state_dict()["bottleneck." + n[len(bottom):]]
+            if mine.shape != v.shape:  # the convs that read [deepest level, grid]: the grid's input channels get zeros
+                v = torch.cat([v, torch.zeros(v.shape[0], mine.shape[1] - v.shape[1], *v.shape[2:])], dim=1)
+            copied["bottleneck." + n[len(bottom):]] = v
+    missing = head.load_state_dict(copied, strict=False).missing_keys
+    assert sorted(missing) == sorted(k for k in head.state_dict() if k.startswith("proj."))  # everything else is the UNet's
+    for size in [(64, 64), (90, 70), (37, 123)]:
+        image, grid = torch.rand(2, 3, *size), torch.rand(2, 32, 3, 3)
+        with torch.no_grad():
+            out = head(grid, image)
+            assert out.shape == (2, 2, *size)
+            if size[0] % 8 == 0 and size[1] % 8 == 0:
+                assert torch.allclose(out, unet(image), atol=1e-5)
+            assert torch.equal(out, head(torch.rand(2, 32, 3, 3), image))  # grid weights zero: the grid does not matter
+    fresh = UNetHead(32, channels, grid_channels=8).eval()
+    with torch.no_grad():
+        image = torch.rand(1, 3, 64, 64)
+        assert not torch.allclose(fresh(torch.zeros(1, 32, 3, 3), image), fresh(torch.ones(1, 32, 3, 3), image))
+    for bad, match in [({"channels": (8,)}, "at least 2"), ({"num_res_units": 0}, "num_res_units"),
+                       ({"classifier": "mlp"}, "classifier"), ({"query_stride": 2}, "query_hidden and query_stride")]:
+        with pytest.raises(ValueError, match=match):
+            UNetHead(32, **{"channels": channels, **bad})
+
+
+@pytest.mark.parametrize("classifier", ["conv", "text_queries"])
+def test_mcdrlnet_with_the_unet_head_trains_decodes_at_the_input_size_and_traces(tiny_world, classifier):
+    """The UNet head composes with the rest of MCDRLNet as the shipped head does: (B, 2, H, W) at the input's own size,
+    gradients into the pixel pathway, the grid's projection and the CLIP trunk's trained block, the presence decision,
+    and a trace that follows the input size (the exports)."""
+    torch.manual_seed(0)
+    backbone = CLIPVisualBackbone(TINY, tiny_world["weights"])
+    d = backbone.embed_dim
+    net = MCDRLNet(backbone, ConfounderDictionary(tiny_world["dictionary"], d), RegionSelector(0.5),
+                   randomise(CausalIntervention(d, 2, heads=2)), UNetHead(d, (4, 8, 16), classifier=classifier, embed_dim=d),
+                   presence_decision=True)
+    x = torch.rand(2, 3, 90, 70)
+    out = net.train()(x)
+    assert out["pred"].shape == (2, 2, 90, 70)
+    out["pred"][:, 1].mean().backward()
+    for part in (net.head.pixel_encoder, net.head.proj, net.head.decoder):
+        assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in part.parameters())
+    net.eval()
+    traced = torch.jit.trace(net, torch.rand(1, 3, 64, 64), check_trace=False)
+    with torch.no_grad():
+        assert (traced(x) - net(x)).abs().max().item() <= 1e-4
+        logits, score = net.forward_with_score(x)
+        net.presence_threshold.fill_(float(score.max()) + 1e-3)  # every frame rejected: every mask empty
+        assert (net(x).argmax(1) == 0).all() and (logits.argmax(1) == 1).any()
+
+
+def test_weights_of_the_other_head_name_it(tiny_world):
+    from mcdrl.networks.weights import weights_mismatch
+
+    shipped = build_full_net(tiny_world).state_dict()
+    backbone = CLIPVisualBackbone(TINY, tiny_world["weights"])
+    d = backbone.embed_dim
+    parts = (backbone, ConfounderDictionary(tiny_world["dictionary"], d), RegionSelector(0.5), CausalIntervention(d, 2, heads=2))
+    unet_head = MCDRLNet(*parts, UNetHead(d, (4, 8, 16))).state_dict()
+    narrow = MCDRLNet(*parts, UNetHead(d, (4, 8, 8))).state_dict()
+    assert weights_mismatch(shipped, unet_head).startswith(
+        "the head (network_def#head, configs/unet_head.json) is SegmentationHead in the config, UNetHead in the weights")
+    assert weights_mismatch(unet_head, narrow).startswith("unet_channels is [4, 8, 16] in the config, [4, 8, 8] in the weights")
+    assert weights_mismatch(unet_head, unet_head) is None

@@ -17,10 +17,10 @@ Nothing here imports :mod:`mcdrl.engines`, :mod:`mcdrl.evaluation`, :mod:`mcdrl.
 from mcdrl.utils import lazy_exports
 
 __all__ = ["CLIPVisualBackbone", "CausalIntervention", "ConfounderDictionary", "MCDRLLoss", "MCDRLNet", "RegionSelector",
-           "SegmentationHead", "build_dictionary", "create_clip"]
+           "SegmentationHead", "UNetHead", "build_dictionary", "create_clip"]
 
 __getattr__ = lazy_exports(__name__, {
     "CLIPVisualBackbone": "clip_backbone", "create_clip": "clip_backbone", "RegionSelector": "region_selection",
     "ConfounderDictionary": "dictionary", "build_dictionary": "dictionary", "CausalIntervention": "intervention",
-    "SegmentationHead": "head", "MCDRLNet": "mcdrlnet", "MCDRLLoss": "losses",
+    "SegmentationHead": "head", "UNetHead": "head", "MCDRLNet": "mcdrlnet", "MCDRLLoss": "losses",
 })

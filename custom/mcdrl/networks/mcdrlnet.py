@@ -10,7 +10,8 @@
       -> scatter F_ca into C       (unselected positions keep C), grid (B, d, h, w)
       -> SegmentationHead          logits (B, 2, H, W), with skips from the image at its own resolution H x W (or at
                                    ``head_resolution``) [ours]; the paper's head (no skips) decodes to S and is resized;
-                                   with ``classifier="text_queries"`` the class prompts and F_vis classify the pixels
+                                   with ``classifier="text_queries"`` the class prompts and F_vis classify the pixels;
+                                   or UNetHead: a MONAI UNet over the image, the grid joining at its bottleneck [ours]
       -> presence decision         F_vis against the class prompts and "normal mucosa": the lesion channel is emptied
                                    when the image-level lesion score is below ``presence_threshold`` [ours]; opt-in,
                                    a trained PresenceProbe on F_vis gives the score instead [ours]
@@ -35,7 +36,7 @@ from .clip_backbone import CLIPVisualBackbone
 from .confounder_readout import ConfounderReadout
 from .deconfounding import ConfounderProjection
 from .dictionary import ConfounderDictionary
-from .head import SegmentationHead
+from .head import SegmentationHead, UNetHead
 from .intervention import CausalIntervention
 from .presence import PresenceProbe
 from .region_selection import RegionSelector
@@ -59,7 +60,8 @@ class MCDRLNet(nn.Module):
         selector: MTRS. ``alpha=1.0`` is the "w/o MTRS" ablation.
         intervention: the cross-attention stack. Its parameters exist even when switched off, so checkpoints of all
             ablations share one key set.
-        head: the decoder (with or without skips from the image).
+        head: the decoder (with or without skips from the image), or a MONAI UNet over the image that the CLIP grid
+            joins at its bottleneck (:class:`~mcdrl.networks.head.UNetHead`, ``configs/unet_head.json``) [ours].
         use_intervention: False is the "w/o CDRL" ablation (the intervention is never applied).
         dropout: if not None, overrides the head's dropout probability (MONAI Label injects it).
         deconfounding: ``"none"`` (the paper), ``"all"`` or ``"regions"``: where the text-guided
@@ -94,7 +96,7 @@ class MCDRLNet(nn.Module):
         dictionary: ConfounderDictionary,
         selector: RegionSelector,
         intervention: CausalIntervention,
-        head: SegmentationHead,
+        head: SegmentationHead | UNetHead,
         use_intervention: bool = True,
         dropout: float | None = None,
         deconfounding: str = "none",

@@ -38,6 +38,13 @@ def _dim(key: str, axis: int) -> Callable[[Mapping[str, torch.Tensor]], int | No
     return lambda state: int(state[key].shape[axis]) if key in state and state[key].dim() > axis else None
 
 
+def _unet_channels(state) -> list[int]:
+    """The UNet head's widths: its encoder levels', then its bottleneck's ([] for the other head)."""
+    bottom = state.get("head.bottleneck.conv.unit0.conv.weight")
+    levels = _out_channels("head.pixel_encoder.", ".conv.unit0.conv.weight")(state)
+    return levels + [int(bottom.shape[0])] if bottom is not None else []
+
+
 def _backbone(state) -> tuple[int, ...]:
     return tuple(sorted(tuple(v.shape) for k, v in state.items() if k.startswith("backbone.")))
 
@@ -48,6 +55,9 @@ STRUCTURAL_KEYS: dict[str, Callable[[Mapping[str, torch.Tensor]], object]] = {
     "num_confounders": _dim("dictionary.confounders", 0),
     "lesion_classes (count)": _dim("dictionary.class_embeddings", 0),
     "intervention_layers": _count("intervention.layers."),
+    "the head (network_def#head, configs/unet_head.json)": lambda state: ("UNetHead" if any(k.startswith("head.bottleneck.") for k in state)
+                                                                          else "SegmentationHead"),
+    "unet_channels": _unet_channels,
     "decoder_channels": _out_channels("head.stages.", ".conv.weight"),
     "decoder_skip_channels": lambda state: (_out_channels("head.pixel_encoder.levels.", ".0.weight")(state)
                                             or _out_channels("head.pixel_encoder.levels.", ".conv.unit0.conv.weight")(state)),

@@ -320,8 +320,11 @@ class UNetHead(nn.Module):
                 image_embedding: torch.Tensor | None = None) -> torch.Tensor:
         if image is None:
             raise ValueError("the UNet head reads the image: pass it too (B, 3, H, W)")
+        # channels_last without autograd, as SegmentationHead: the eval forward's convs (oneDNN) run faster on CPU
+        fmt = torch.contiguous_format if torch.is_grad_enabled() else torch.channels_last
+        x = x.contiguous(memory_format=fmt)
         skips: list[torch.Tensor] = []
-        y = image
+        y = image.contiguous(memory_format=fmt)
         for level in self.pixel_encoder:
             y = level(y)
             skips.append(y)

@@ -1,7 +1,8 @@
 """The README's table and the rule's reading, from ``runs.json`` (the UNet's folds) and the baseline's rows in
 ``../presence_in_training/runs.json`` (``contrast_1_tau_0.07``): Dice on the 600 frames of each held-out source site,
 the gap (UNet minus baseline) per fold, Dice on lesion frames, false alarms on lesion-free frames, lesion and
-small-lesion sensitivity (pooled over the folds), and the epochs and training time.
+small-lesion sensitivity (pooled over the folds), and the epochs and training time; then the same for the second run
+(``release_budget_*.json``), and ``decompose.py``'s reads of each run (``decompose*.json``) per fold.
 
     python bundle/docs/results/experiments/unet_source_sites/table.py
 """
@@ -58,6 +59,24 @@ def _table(base: dict, unet: dict, names: tuple[str, str]) -> None:
           f"(mean gap {gap.mean():+.3f} {'>' if gap.mean() > 0 else '<='} 0, UNet ahead at {ahead} of 5; needs > 0 and >= 4)")
 
 
+def _decompose(path: Path) -> None:
+    """``decompose.py``'s four reads per fold: Dice (Dice on lesion frames, false alarms, sensitivity), the mean Dice,
+    the mean lesion-frame Dice, and false alarms and sensitivity pooled over the folds read."""
+    folds = json.loads(path.read_text())["folds"]
+    sites = sorted(folds)
+    print(f"\n{path.name}, folds {', '.join(sites)}:")
+    print("| read | " + " | ".join(sites) + " | mean Dice | Dice on lesion frames | false alarms, pooled | sensitivity, pooled |")
+    print("|---|" + "---|" * (len(sites) + 4))
+    for read in folds[sites[0]]["reads"]:
+        xs = [folds[s]["reads"][read] for s in sites]
+        cells = [f"{x['dice']:.3f} ({x['dice_lesion_images']:.3f}, {100 * x['false_alarm_rate']:.0f}%, {100 * x['sensitivity']:.0f}%)"
+                 for x in xs]
+        fa = sum(x["false_alarm_rate"] * x["lesion_free_images"] for x in xs) / sum(x["lesion_free_images"] for x in xs)
+        sens = sum(x["sensitivity"] * x["lesion_images"] for x in xs) / sum(x["lesion_images"] for x in xs)
+        print(f"| {read} | " + " | ".join(cells) + f" | {np.mean([x['dice'] for x in xs]):.3f} | "
+              f"{np.mean([x['dice_lesion_images'] for x in xs]):.3f} | {100 * fa:.0f}% | {100 * sens:.0f}% |")
+
+
 def main() -> int:
     doc = json.loads((HERE / "runs.json").read_text())
     base_runs = json.loads((HERE.parent / "presence_in_training/runs.json").read_text())
@@ -77,6 +96,9 @@ def main() -> int:
         unet2 = {r["held_out"]: _figures(r, r["epochs"], r["process_s"])
                  for r in (json.loads(unet_file.read_text())["folds"] if unet_file.exists() else [])}
         _table(base2, unet2, ("shipped recipe (run 2's keys), 5 epochs", "MONAI UNet, the same wall time"))
+    for name in ("decompose.json", "decompose_release_budget.json"):
+        if (HERE / name).exists():
+            _decompose(HERE / name)
     return 0
 
 

@@ -27,8 +27,9 @@ def _figures(rec: dict, epochs: int, seconds: float) -> dict:
 
 
 def _pooled(f: dict, rate: str, n: str) -> str:
-    hits = sum(f[s][rate] * f[s][n] for s in SITES)
-    total = sum(f[s][n] for s in SITES)
+    """``rate`` pooled over the folds of ``f`` ({site: figures}), weighted by each fold's count ``n``."""
+    hits = sum(x[rate] * x[n] for x in f.values())
+    total = sum(x[n] for x in f.values())
     return f"{100 * hits / total:.0f}% of {total}"
 
 
@@ -71,10 +72,10 @@ def _decompose(path: Path) -> None:
         xs = [folds[s]["reads"][read] for s in sites]
         cells = [f"{x['dice']:.3f} ({x['dice_lesion_images']:.3f}, {100 * x['false_alarm_rate']:.0f}%, {100 * x['sensitivity']:.0f}%)"
                  for x in xs]
-        fa = sum(x["false_alarm_rate"] * x["lesion_free_images"] for x in xs) / sum(x["lesion_free_images"] for x in xs)
-        sens = sum(x["sensitivity"] * x["lesion_images"] for x in xs) / sum(x["lesion_images"] for x in xs)
+        f = dict(enumerate(xs))
         print(f"| {read} | " + " | ".join(cells) + f" | {np.mean([x['dice'] for x in xs]):.3f} | "
-              f"{np.mean([x['dice_lesion_images'] for x in xs]):.3f} | {100 * fa:.0f}% | {100 * sens:.0f}% |")
+              f"{np.mean([x['dice_lesion_images'] for x in xs]):.3f} | {_pooled(f, 'false_alarm_rate', 'lesion_free_images')} | "
+              f"{_pooled(f, 'sensitivity', 'lesion_images')} |")
 
 
 def main() -> int:
